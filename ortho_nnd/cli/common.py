@@ -1,0 +1,30 @@
+"""Shared command-line helpers: logging set-up and error reporting."""
+from __future__ import annotations
+
+import logging
+import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log INFO (DEBUG with --verbose) to stderr, once per process."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    elif verbose:
+        root.setLevel(logging.DEBUG)
+
+
+def add_verbose_flag(parser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+
+
+def run_command(function, args) -> int:
+    """Run ``function(args)``; turn user errors into one logged message and exit code 1."""
+    try:
+        result = function(args)
+    except (ValueError, FileNotFoundError) as error:
+        logging.getLogger("ortho_nnd").error("%s", error)
+        return 1
+    return int(result or 0)

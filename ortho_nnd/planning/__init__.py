@@ -1,0 +1,1 @@
+"""Planning: presets, network topology and per-view plans from the dataset fingerprint."""

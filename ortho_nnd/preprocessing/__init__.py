@@ -1,0 +1,1 @@
+"""Preprocessing: canonical reorientation, cropping, normalisation, resampling and the way back."""
