@@ -117,7 +117,7 @@ def check_declared_view(image: sitk.Image, declared_view: str, file_name: str) -
     info = detect_view(image)
     if info.view != declared_view:
         raise ViewMismatchError(
-            f"{file_name} is declared {declared_view} but its geometry says {info.view} (slice normal "
+            f"{file_name} is declared {declared_view} but its geometry indicates {info.view} (slice normal "
             f"{info.obliquity_degrees:.1f} degrees from the {info.view} axis, orientation {info.orientation_code}). "
             f"Rename the file to the detected view or fix the direction matrix in its header."
         )

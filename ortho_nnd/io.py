@@ -68,7 +68,7 @@ def strip_file_ending(name: str) -> str:
 
 
 def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
-    """List the DICOM series directly inside ``folder``, told apart by series instance UID."""
+    """List the DICOM series directly inside ``folder``, distinguished by series instance UID."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"DICOM folder not found: {folder}")

@@ -112,7 +112,7 @@ def test_declared_view_disagrees(dataset_folder):
     message = _problems(dataset_folder)
 
     assert "declared coronal" in message
-    assert "says axial" in message
+    assert "indicates axial" in message
 
 
 def test_all_problems_reported_at_once(dataset_folder):

@@ -52,7 +52,7 @@ def load_preset(name_or_path: str = "default") -> dict:
 
 
 def validate_preset(preset: dict, source: str) -> None:
-    """Raise ValueError naming the key when a preset lacks a key or holds an invalid value."""
+    """Raise ValueError naming the key when a preset lacks a key or contains an invalid value."""
     missing = [key for key in REQUIRED_PRESET_KEYS if key not in preset]
     if missing:
         raise ValueError(f"Preset {source} lacks the keys {missing}. Copy plans/default.json and edit it.")

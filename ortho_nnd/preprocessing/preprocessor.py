@@ -58,7 +58,7 @@ def check_image_values(array: np.ndarray, file_name: str) -> None:
             f"{file_name} contains {int((~finite).sum())} NaN or Inf voxels. Fix or re-export the scan."
         )
     if array.size and float(array.max()) == float(array.min()):
-        raise InvalidScanError(f"{file_name} is constant (every voxel is {float(array.flat[0])}); it holds no image.")
+        raise InvalidScanError(f"{file_name} is constant (every voxel is {float(array.flat[0])}) and contains no image data.")
 
 
 def check_label(label_image: sitk.Image, image: sitk.Image, label_values: set[int], label_name: str, image_name: str) -> np.ndarray:
