@@ -22,9 +22,12 @@ def add_verbose_flag(parser) -> None:
 
 def run_command(function, args) -> int:
     """Run ``function(args)``; turn user errors into one logged message and exit code 1."""
+    from ortho_nnd.training.checkpoint import CheckpointError
+    from ortho_nnd.training.nonfinite import NonFiniteLossError
+
     try:
         result = function(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as error:
         logging.getLogger("ortho_nnd").error("%s", error)
         return 1
     return int(result or 0)

@@ -88,11 +88,11 @@ class ExponentialMovingAverage:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore from ``state_dict()``; raise ValueError when parameter names or shapes differ."""
+        """Restore from ``state_dict()`` (ValueError when parameter names or shapes differ)."""
         weights = state["weights"]
         missing = sorted(set(self.shadow) - set(weights))
         if missing:
-            raise ValueError(f"EMA state lacks parameters {missing[:5]} (of {len(missing)}); it belongs to another network.")
+            raise ValueError(f"EMA state is missing parameters {missing[:5]} (of {len(missing)}), so it belongs to another network.")
         for name, shadow in self.shadow.items():
             if tuple(weights[name].shape) != tuple(shadow.shape):
                 raise ValueError(

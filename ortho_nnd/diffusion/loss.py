@@ -18,8 +18,8 @@ def diffusion_loss(
 ) -> tuple[torch.Tensor, dict]:
     """Noise ``x0`` at uniform random timesteps and return the MSE of ``model(x_t, t)``.
 
-    ``generator`` (optional) draws the timesteps and the noise on its own device; both are then
-    moved to ``x0.device``. The loss is computed in float32 so autocast outputs do not lose
+    ``generator`` (optional) draws the timesteps and the noise on its own device, and both are
+    then moved to ``x0.device``. The loss is computed in float32 so autocast outputs do not lose
     precision in the reduction.
 
     Returns ``(loss, info)`` with info keys ``timesteps`` (B,) and ``loss_per_sample`` (B,),

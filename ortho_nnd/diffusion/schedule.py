@@ -23,9 +23,9 @@ import torch
 SUPPORTED_SCHEDULES = ("cosine", "linear")
 SUPPORTED_PREDICTIONS = ("epsilon", "v")
 
-# Offset s of the cosine schedule; keeps beta_0 from being vanishingly small.
+# Offset s of the cosine schedule, which keeps beta_0 from being vanishingly small.
 COSINE_OFFSET = 0.008
-# Upper clip of beta_t in the cosine schedule; prevents a singular last step.
+# Upper clip of beta_t in the cosine schedule, which prevents a singular last step.
 MAX_BETA = 0.999
 # Linear schedule end points for T = LINEAR_REFERENCE_STEPS.
 LINEAR_BETA_START = 1e-4
@@ -56,7 +56,7 @@ def _check_prediction(prediction: str) -> None:
 class DiffusionSchedule:
     """Betas and alpha_bar of a schedule, and the forward-process helpers that use them.
 
-    The tables are float64 on the CPU; lookups copy the needed values to the device and dtype
+    The tables are float64 on the CPU, and lookups copy the needed values to the device and dtype
     of the data.
     """
 

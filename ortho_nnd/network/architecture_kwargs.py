@@ -10,7 +10,7 @@ Conventions (shared with ``dynamic_network_architectures``): ``features_per_stag
 resolution and has stride 1, and ``strides[s]`` is the downsampling from stage s-1 to s.
 ``n_blocks_per_stage_decoder[s]`` is the block count of decoder stage ``dec{s}``, which works at
 the resolution of encoder stage s. NOTE: ``dynamic_network_architectures`` orders its
-``n_conv_per_stage_decoder`` from the bottleneck upwards; here the order follows
+``n_conv_per_stage_decoder`` from the bottleneck upwards, but here the order follows
 ``features_per_stage`` (finest resolution first).
 """
 from __future__ import annotations
@@ -113,9 +113,9 @@ def _per_axis_list(kwargs: dict, key: str, n_stages: int) -> list[list[int]]:
 def validate_architecture_kwargs(kwargs: dict) -> dict:
     """Check the diffusion UNet kwargs and return a normalised, JSON-compatible copy.
 
-    Raises ValueError for a missing or unknown key, a length that does not match the number
-    of stages, a non-positive size, an even kernel size, a stage-0 stride other than 1, or a
-    head count that does not divide the channels of an attention stage.
+    Raises ValueError for a missing or unknown key or a length that does not match the number
+    of stages. It also raises for a non-positive size, an even kernel size, a stage-0 stride
+    other than 1, and a head count that does not divide the channels of an attention stage.
     """
     if not isinstance(kwargs, dict):
         raise ValueError(f"architecture kwargs must be a dict, got {type(kwargs).__name__}.")

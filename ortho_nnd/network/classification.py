@@ -1,10 +1,10 @@
 """Multi-view, multi-label classification from diffusion features.
 
 ``ViewEncoder`` runs one view's pretrained diffusion UNet on the clean image at each of the
-plans' ``feature_timesteps`` (the timestep conditions the network, no noise is added), takes
-the requested feature maps (for example ``bottleneck`` and ``dec1``), pools each one with
-attention pooling and global average pooling, and concatenates everything into a view
-embedding of ``embedding_dim`` values.
+plans' ``feature_timesteps``. The timestep only conditions the network, and no noise is added.
+It pools each requested feature map (for example ``bottleneck`` and ``dec1``) with attention
+pooling and global average pooling, and concatenates everything into a view embedding of
+``embedding_dim`` values.
 
 ``MultiViewClassifier`` projects each view embedding to ``embed_dim`` and fuses the views:
 
@@ -102,7 +102,7 @@ class ViewEncoder(nn.Module):
 
 
 class MultiViewClassifier(nn.Module):
-    """Fusion of per-view embeddings into multi-label finding logits; see the module docstring."""
+    """Fusion of per-view embeddings into multi-label finding logits (see the module docstring)."""
 
     def __init__(
         self,
@@ -201,7 +201,7 @@ class MultiViewClassifier(nn.Module):
         return batch, device, masks
 
     def _embed(self, view: str, image: torch.Tensor | None, mask: torch.Tensor, batch: int, device) -> torch.Tensor:
-        """Return (B, embed_dim) embeddings; rows of absent samples are zero (encoder not run)."""
+        """Return (B, embed_dim) embeddings, with zero rows for absent samples (encoder not run)."""
         embeddings = torch.zeros(batch, self.embed_dim, device=device)
         if bool(mask.any()):
             projected = self.projections[view](self.encoders[view](image[mask]))

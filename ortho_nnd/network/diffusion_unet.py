@@ -2,9 +2,9 @@
 
 Built from the ``architecture.kwargs`` of a view's plans (see ``architecture_kwargs``):
 
-- encoder stage s: an input conv (kernel ``kernel_sizes[s]``, stride ``strides[s]``; stage 0 is
-  the stem at stride 1), ``n_blocks_per_stage[s]`` residual blocks, and self-attention when
-  ``attention_stages[s]`` is set. The deepest stage is the bottleneck.
+- encoder stage s: an input conv with kernel ``kernel_sizes[s]`` and stride ``strides[s]``
+  (the stem at stride 1 for stage 0), ``n_blocks_per_stage[s]`` residual blocks, and
+  self-attention when ``attention_stages[s]`` is set. The deepest stage is the bottleneck.
 - decoder stage s (for s = S-2 .. 0): a transposed conv (kernel = stride = ``strides[s+1]``),
   concatenation with the encoder skip, and ``n_blocks_per_stage_decoder[s]`` residual blocks.
 - output head: norm, SiLU and a zero-initialised conv to ``out_channels``.
@@ -13,7 +13,7 @@ Every residual block receives the timestep embedding as scale and shift after no
 
 Feature names: ``enc0`` .. ``enc{S-2}``, ``bottleneck``, ``dec{S-2}`` .. ``dec0``. ``dec{s}``
 has the resolution and channels of ``enc{s}`` (``dec0`` is full resolution). Use
-``forward_features`` to get them; decoder stages are computed only as far as requested.
+``forward_features`` to get them. Decoder stages are computed only as far as requested.
 
 Task networks that use only some features call ``restrict_to_features`` to drop the modules
 they never run (for DDP without ``find_unused_parameters``). The spec stays the full kwargs.
@@ -102,7 +102,7 @@ class OutputHead(nn.Module):
 
 
 class DiffusionUNet(nn.Module):
-    """Time-conditioned residual 3D UNet; see the module docstring for layout and feature names."""
+    """Time-conditioned residual 3D UNet (see the module docstring for layout and feature names)."""
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -129,7 +129,7 @@ class DiffusionUNet(nn.Module):
                 )
             )
 
-        # decoder[s] produces dec{s}; index order follows the resolution, not the execution order.
+        # decoder[s] produces dec{s}, so the index follows the resolution, not the execution order.
         self.decoder = nn.ModuleList(
             DecoderStage(
                 coarse_channels=features[stage + 1],
@@ -146,7 +146,7 @@ class DiffusionUNet(nn.Module):
 
         self.output_head = OutputHead(features[0], arch["out_channels"], arch["kernel_sizes"][0], arch["norm"])
 
-        # Modules removed by restrict_to_features; None means the network is complete.
+        # Features left after restrict_to_features, or None while the network is complete.
         self._available_features: set[str] | None = None
 
     # ------------------------------------------------------------------ spec and metadata
@@ -269,7 +269,10 @@ class DiffusionUNet(nn.Module):
         ``t`` is a LongTensor (B,) of timesteps, a float tensor (B,), or a scalar for the whole batch.
         """
         if names is None:
-            names = sorted(self._available_features) if self._available_features is not None else self.feature_names()
+            names = [
+                name for name in self.feature_names()
+                if self._available_features is None or name in self._available_features
+            ]
         names = self._check_feature_names(names)
         self._check_input(x)
         deepest_encoder, finest_decoder = self._needed_stages(names)

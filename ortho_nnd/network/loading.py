@@ -1,8 +1,8 @@
 """Loading pretrained diffusion UNet weights into a (task) network's backbone.
 
 ``load_pretrained_backbone(network, checkpoint, source_name)`` accepts a DiffusionUNet or a
-network with a ``backbone`` attribute (SegmentationNetwork, ViewEncoder; for a
-MultiViewClassifier, call it once per ``network.encoders[view]``). ``checkpoint`` is either a
+network with a ``backbone`` attribute (SegmentationNetwork, ViewEncoder). For a
+MultiViewClassifier, call it once per ``network.encoders[view]``. ``checkpoint`` is either a
 checkpoint dictionary (``network_weights``, optional ``ema_weights`` and ``architecture``) or
 a plain state dict. The EMA weights are used when present, unless ``prefer_ema=False``.
 
@@ -14,9 +14,9 @@ A mismatch raises ``IncompatibleCheckpointError`` listing what differs and how t
 
 Tolerated differences:
 - ``in_channels``: the first conv (``encoder.0.input_conv.weight``) is adapted. For 1 target
-  channel the source channels are summed; otherwise the source channels are tiled to the
-  target count and scaled by (source channels / target channels). Both keep the response to
-  an image whose channels are all equal to the same single image.
+  channel the source channels are summed. Otherwise the source channels are tiled to the
+  target count and scaled by (source channels / target channels). Both rules keep the
+  response unchanged when every channel of the input contains the same image.
 - ``out_channels``: the diffusion output head stays at its initialisation (fresh) and its
   checkpoint tensors are ignored.
 """
@@ -59,7 +59,7 @@ class IncompatibleCheckpointError(ValueError):
 
 @dataclass
 class LoadReport:
-    """What happened to each tensor when loading a pretrained backbone.
+    """Outcome per tensor of loading a pretrained backbone.
 
     Names are in the target network's ``state_dict`` namespace, except ``ignored``, which
     lists checkpoint keys.
@@ -166,7 +166,7 @@ def _compare_specs(source_spec: dict, target_spec: dict, source_name: str) -> No
 
 
 def adapt_first_conv(weight: torch.Tensor, target_in_channels: int) -> tuple[torch.Tensor, str]:
-    """Adapt a conv weight (O, C_source, ...) to C_target input channels; see the module docstring."""
+    """Adapt a conv weight (O, C_source, ...) to C_target input channels (rule in the module docstring)."""
     source_in_channels = weight.shape[1]
     if target_in_channels == 1:
         return weight.sum(dim=1, keepdim=True), "summed over input channels"
@@ -216,7 +216,7 @@ def load_pretrained_backbone(
                  "checkpoint_shape": list(source.shape), "network_shape": list(tensor.shape)}
             )
         elif name.startswith(OUTPUT_HEAD_PREFIX):
-            # The diffusion output head differs (out_channels) or is absent; it stays fresh.
+            # The diffusion output head differs (out_channels) or is absent, so it stays fresh.
             continue
         elif source is None:
             problems.append(f"{name}: missing in the checkpoint (network shape {list(tensor.shape)})")

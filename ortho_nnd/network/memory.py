@@ -16,11 +16,13 @@ output, because the module that consumes the output counts it. Tensors that shar
 NOTE: the activation counts were checked against the saved tensors of a float32 CPU run
 (``tests/test_network.py``). Under autocast, norm layers may keep float32 inputs, and fused
 attention kernels (flash / memory-efficient) store no score matrix, so on a GPU item 2 is an
-upper bound. The CUDA context and allocator fragmentation are not included; the planner keeps
-its own margin.
+upper bound. The CUDA context and allocator fragmentation are not included, so the planner
+needs its own margin.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,12 +45,12 @@ DROPOUT_MASK_BYTES = 1
 # contiguous copy that the output projection reads.
 ATTENTION_MAPS = 7
 
-# OutputHead: norm input, SiLU input, conv input; the loss keeps the prediction and the target.
+# OutputHead: norm input, SiLU input, conv input. The loss keeps the prediction and the target.
 OUTPUT_HEAD_MAPS = 3
 LOSS_MAPS_PER_OUTPUT_CHANNEL = 2
 
-# Backward holds the incoming and outgoing gradient of a module and conv workspace next to the
-# saved tensors; this many copies of the largest activation map cover them.
+# During backward, the incoming and outgoing gradients of a module and the conv workspace exist
+# next to the saved tensors. This many copies of the largest activation map cover them.
 TRANSIENT_LARGEST_MAPS = 4
 
 # Bytes per parameter kept in float32: weights, gradients, AdamW exp_avg and exp_avg_sq.
@@ -75,10 +77,16 @@ class MemoryEstimate:
 
 def count_parameters(arch_kwargs: dict) -> int:
     """Return the exact parameter count, building the network on the meta device (no memory)."""
+    return _count_parameters_cached(json.dumps(arch_kwargs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _count_parameters_cached(arch_json: str) -> int:
+    # Cached because the planner evaluates many patch sizes for the same architecture.
     from ortho_nnd.network.diffusion_unet import DiffusionUNet
 
     with torch.device("meta"):
-        network = DiffusionUNet(**arch_kwargs)
+        network = DiffusionUNet(**json.loads(arch_json))
     return sum(param.numel() for param in network.parameters())
 
 
@@ -93,7 +101,7 @@ def _resblock_elements(in_channels: int, out_channels: int, voxels: int, dropout
 
 
 def stage_voxels(arch_kwargs: dict, patch_size: Sequence[int]) -> list[int]:
-    """Return the voxel count of every stage for ``patch_size``; raise ValueError if not divisible."""
+    """Return the voxel count of every stage for ``patch_size`` (ValueError if not divisible)."""
     arch = validate_architecture_kwargs(arch_kwargs)
     patch_size = [int(size) for size in patch_size]
     totals = cumulative_strides(arch["strides"])
@@ -113,7 +121,7 @@ def estimate_training_memory(
     dtype_bytes: int = 2,
     include_ema: bool = True,
 ) -> MemoryEstimate:
-    """Estimate the training memory of one optimiser step; see the module docstring."""
+    """Estimate the training memory of one optimiser step, split as in the module docstring."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     arch = validate_architecture_kwargs(arch_kwargs)
@@ -139,7 +147,7 @@ def estimate_training_memory(
             elements += ATTENTION_MAPS * features[stage] * voxels[stage]
             score_elements += arch["attention_heads"] * voxels[stage] ** 2
 
-    # Decoder: transposed-conv input (the coarser stage output) and residual blocks; the first
+    # Decoder: transposed-conv input (the coarser stage output) and residual blocks. The first
     # block reads the concatenation of upsampled features and skip (2 * C channels).
     for stage in range(n_stages - 1):
         elements += features[stage + 1] * voxels[stage + 1]

@@ -19,7 +19,7 @@ ALLOWED_NETWORK_CLASSES = (
 
 
 def build_network_from_spec(spec: dict) -> nn.Module:
-    """Build the network that ``spec`` describes; raise ValueError for an invalid spec."""
+    """Build the network that ``spec`` describes (ValueError for an invalid spec)."""
     if not isinstance(spec, dict) or set(spec) != {"network_class", "kwargs"}:
         keys = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
         raise ValueError(

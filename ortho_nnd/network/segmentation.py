@@ -1,7 +1,7 @@
 """Segmentation network: a pretrained diffusion UNet run at a fixed timestep, with new heads.
 
-The clean image goes in without added noise; the timestep only conditions the network (the
-features the diffusion model computes for a nearly clean image at that noise level). With
+The clean image goes in without added noise, because the timestep only conditions the
+network: it gets the features the diffusion model computes at that noise level. With
 ``learn_timestep=True`` the timestep is a trainable float parameter initialised at
 ``timestep``.
 
@@ -9,6 +9,10 @@ Each decoder stage output ``dec{s}`` gets its own 1x1x1 conv head to ``num_class
 With deep supervision the forward pass returns the list [dec0 logits, dec1 logits, ...] from
 full resolution downwards (the nnU-Net convention), otherwise the full-resolution logits tensor.
 The backbone's diffusion output head is removed (its weights are not part of this network).
+
+NOTE: the heads of all decoder stages exist whatever ``deep_supervision`` is, so the state
+dict does not depend on it. Training with ``deep_supervision=False`` leaves the coarse heads
+without gradient, which DDP only accepts with ``find_unused_parameters=True``.
 """
 from __future__ import annotations
 
@@ -65,12 +69,14 @@ class SegmentationNetwork(nn.Module):
         return [strides[name] for name in self.decoder_feature_names]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Return the logits list (dec0 first) with deep supervision, else the dec0 logits."""
         timesteps = self.timestep.expand(x.shape[0])
-        names = self.decoder_feature_names if self.deep_supervision else self.decoder_feature_names[:1]
+        # dec0 needs every coarser decoder stage anyway, so all of them are computed.
         features = self.backbone.forward_features(x, timesteps, self.decoder_feature_names)
 
-        outputs = [head(features[name]) for head, name in zip(self.heads, self.decoder_feature_names) if name in names]
-        return outputs if self.deep_supervision else outputs[0]
+        if not self.deep_supervision:
+            return self.heads[0](features["dec0"])
+        return [head(features[name]) for head, name in zip(self.heads, self.decoder_feature_names)]
 
     def to_spec(self) -> dict:
         """Return the JSON-compatible spec that ``build_network_from_spec`` rebuilds."""

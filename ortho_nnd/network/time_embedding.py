@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-# Longest period of the sinusoidal embedding, in timesteps (Vaswani et al. 2017; Ho et al. 2020).
+# Maximum period of the sinusoidal embedding, in timesteps (Vaswani et al. 2017; Ho et al. 2020).
 MAX_PERIOD = 10000.0
 
 
