@@ -7,6 +7,8 @@ interrupted run never leaves a half-written file under the final name.
 """
 from __future__ import annotations
 
+import contextlib
+import locale
 import logging
 import os
 import uuid
@@ -67,16 +69,29 @@ def strip_file_ending(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def preserved_locale():
+    """Restore the process locale afterwards: GDCM's DICOM code switches LC_ALL to "C" and leaves it
+    there (seen with SimpleITK 2.5), which turns Python's default text encoding into ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def list_dicom_series(folder: str | Path) -> list[DicomSeries]:
     """List the DICOM series directly inside ``folder``, distinguished by series instance UID."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"DICOM folder not found: {folder}")
 
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
+    with preserved_locale():
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
     found = []
     for uid in series_ids:
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        with preserved_locale():
+            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
         header = _read_dicom_header(files[0])
         found.append(
             DicomSeries(
@@ -95,7 +110,8 @@ def _read_dicom_header(file_name: str) -> dict[str, str]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(file_name)
     reader.LoadPrivateTagsOff()
-    reader.ReadImageInformation()
+    with preserved_locale():
+        reader.ReadImageInformation()
     return {key: reader.GetMetaData(key).strip() for key in reader.GetMetaDataKeys()}
 
 
@@ -131,7 +147,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        image = reader.Execute()
+        with preserved_locale():
+            image = reader.Execute()
     except RuntimeError as error:
         raise ImageReadError(f"Failed to read the DICOM series {chosen.series_uid} in {folder}: {error}") from error
     finally:
@@ -154,7 +171,8 @@ def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
 
     file_ending_of(path)
     try:
-        image = sitk.ReadImage(str(path))
+        with preserved_locale():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ImageReadError(f"Failed to read {path}: {str(error).strip().splitlines()[-1]}. The file may be corrupt or truncated.") from error
     return _validate_single_channel_3d(image, path)

@@ -62,11 +62,11 @@ def make_classification_dataset(root: Path, num_cases: int = 16, views=("sagitta
         # Every fifth case leaves finding 1 blank (not annotated).
         rows.append({"case": case, "subject": f"subject_{index // 2}", "cube": cube, "bright": "" if index % 5 == 4 else bright})
 
-    with open(folder / "findings.csv", "w", newline="") as stream:
+    with open(folder / "findings.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, ["case", "subject", "cube", "bright"])
         writer.writeheader()
         writer.writerows(rows)
-    dataset_json = json.loads((folder / "dataset.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     dataset_json["findings"] = ["cube", "bright"]
-    (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
     return folder

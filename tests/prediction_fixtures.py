@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+from ortho_nnd.io import preserved_locale
 import torch
 
 from ortho_nnd.network import DiffusionUNet, MultiViewClassifier, SegmentationNetwork, ViewEncoder
@@ -109,7 +111,7 @@ def make_results(
                  "plans": {"views": view_plans}, "views": list(cls_views), "task": "cls", "findings": list(FINDINGS),
                  "input_sizes": {view: list(view_plans[view]["patch_size"]) for view in cls_views}},
             )
-            (fold_folder / "thresholds.json").write_text(json.dumps(THRESHOLDS))
+            (fold_folder / "thresholds.json").write_text(json.dumps(THRESHOLDS), encoding="utf-8")
     return dataset_folder
 
 
@@ -189,5 +191,7 @@ def write_dicom_series(
         for tag, value in tags.items():
             slice_image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"IM{index + 1:04d}.dcm"))
-        writer.Execute(slice_image)
+        # GDCM switches the process locale to "C"; restore it so later tests keep UTF-8 text files.
+        with preserved_locale():
+            writer.Execute(slice_image)
     return folder

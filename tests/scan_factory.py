@@ -78,10 +78,10 @@ def write_multiview_dataset(raw_folder: Path, name: str = "Dataset101_Knee", num
         "name": name.split("_", 1)[1], "views": list(views), "labelled_views": ["sagittal"], "labels": labels,
         "findings": ["acl_tear", "joint_effusion"] if with_findings else [], "file_ending": ".nii.gz", "numTraining": num_cases,
     }
-    with open(folder / "dataset.json", "w") as handle:
+    with open(folder / "dataset.json", "w", encoding="utf-8") as handle:
         json.dump(dataset_json, handle)
     if with_findings:
-        with open(folder / "findings.csv", "w", newline="") as handle:
+        with open(folder / "findings.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["case", "subject", "acl_tear", "joint_effusion"])
             for case_index in range(num_cases):

@@ -22,11 +22,11 @@ def _write_two_fold_splits(dataset_folder):
     cases = [f"case_{index:03d}" for index in range(NUM_CASES)]
     first = [case for index, case in enumerate(cases) if (index // 4) % 2 == 0]
     second = [case for case in cases if case not in first]
-    (dataset_folder / "splits_final.json").write_text(json.dumps([{"train": second, "val": first}, {"train": first, "val": second}]))
+    (dataset_folder / "splits_final.json").write_text(json.dumps([{"train": second, "val": first}, {"train": first, "val": second}]), encoding="utf-8")
 
 
 def _macro_auc(output):
-    return json.loads((output / "validation" / "summary.json").read_text())["macro"]["auc"]
+    return json.loads((output / "validation" / "summary.json").read_text(encoding="utf-8"))["macro"]["auc"]
 
 
 def test_classification_run_learns(ortho_folders):
@@ -51,17 +51,17 @@ def test_classification_run_learns(ortho_folders):
 
     assert trained >= MIN_TRAINED_MACRO_AUC, f"trained macro AUC {trained:.3f}, untrained {untrained:.3f}"
     assert trained - untrained >= MIN_AUC_GAIN, f"trained macro AUC {trained:.3f}, untrained {untrained:.3f}"
-    bright_auc = json.loads((output / "validation" / "summary.json").read_text())["per_finding"]["bright"]["auc"]
+    bright_auc = json.loads((output / "validation" / "summary.json").read_text(encoding="utf-8"))["per_finding"]["bright"]["auc"]
     assert bright_auc >= MIN_TRAINED_BRIGHT_AUC
 
-    thresholds = json.loads((output / "thresholds.json").read_text())
+    thresholds = json.loads((output / "thresholds.json").read_text(encoding="utf-8"))
     assert set(thresholds) == {"cube", "bright"}
-    with open(output / "validation" / "probabilities.csv", newline="") as stream:
+    with open(output / "validation" / "probabilities.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
-    assert [row["case"] for row in rows] == sorted(json.loads((folder / "splits_final.json").read_text())[0]["val"])
+    assert [row["case"] for row in rows] == sorted(json.loads((folder / "splits_final.json").read_text(encoding="utf-8"))[0]["val"])
     # case_009 leaves 'bright' blank: the reference cell stays empty.
     assert [row["bright_reference"] for row in rows if row["case"] == "case_009"] == [""]
-    log = json.loads((output / "training_log.json").read_text())
+    log = json.loads((output / "training_log.json").read_text(encoding="utf-8"))
     assert log["val_metric_name"] == "macro_auc"
 
 
@@ -76,8 +76,8 @@ def test_classification_missing_view_gated(ortho_folders):
     )
     output = ortho_folders["results"] / folder.name / "cls_gated_scratch" / "fold_0"
 
-    weights = json.loads((output / "validation" / "view_weights.json").read_text())
-    summary = json.loads((output / "validation" / "summary.json").read_text())
+    weights = json.loads((output / "validation" / "view_weights.json").read_text(encoding="utf-8"))
+    summary = json.loads((output / "validation" / "summary.json").read_text(encoding="utf-8"))
     assert summary["settings"]["missing_views"]["case_000"] == ["coronal"]
     # A missing view gets weight 0; the present view then carries all of it.
     assert weights["case_000"]["cube"]["coronal"] == pytest.approx(0.0)

@@ -133,7 +133,7 @@ def test_bad_file_name_needs_view(dataset_folder):
 
 
 def test_findings_invalid_cell(dataset_folder):
-    (dataset_folder / "findings.csv").write_text("case,acl_tear,joint_effusion\nknee_000,yes,0\n")
+    (dataset_folder / "findings.csv").write_text("case,acl_tear,joint_effusion\nknee_000,yes,0\n", encoding="utf-8")
 
     with pytest.raises(DatasetFormatError, match="line 2, column 'acl_tear'"):
         read_findings_csv(dataset_folder / "findings.csv")
@@ -148,9 +148,9 @@ def test_findings_blank_is_not_annotated(dataset_folder):
 
 def test_region_labels_rejected(dataset_folder):
     path = dataset_folder / "dataset.json"
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data["labels"]["whole_knee"] = [1, 2]
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data), encoding="utf-8")
 
     with pytest.raises(DatasetFormatError, match="region"):
         load_raw_dataset(dataset_folder)
@@ -163,7 +163,7 @@ def test_nnunet_layout_read_as_single_view(tmp_path):
     io.write_image(make_label(image), folder / "labelsTr" / "spine_001.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "T2"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 1, "file_ending": ".nii.gz",
-    }))
+    }), encoding="utf-8")
 
     dataset = load_raw_dataset(folder)
 

@@ -73,7 +73,7 @@ def ddp_worker(rank: int, port: int, data_folder: str, output_folder: str, repor
     torch.save({"weights": weights, "ema": ema}, Path(report_folder) / f"rank{rank}.pth")
     report = {"rank": trainer.rank, "world_size": trainer.world_size, "written": written,
               "log_file": str(trainer.log_file) if trainer.log_file else None}
-    (Path(report_folder) / f"rank{rank}.json").write_text(json.dumps(report))
+    (Path(report_folder) / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
@@ -89,7 +89,7 @@ def test_ddp_two_gloo_ranks(tmp_path):
         join=True,
     )
 
-    reports = [json.loads((report_folder / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    reports = [json.loads((report_folder / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(WORLD_SIZE)]
     assert [report["world_size"] for report in reports] == [WORLD_SIZE, WORLD_SIZE]
     assert reports[0]["written"] == ["checkpoint_latest.pth", "checkpoint_final.pth"]
     assert reports[1]["written"] == []
@@ -98,7 +98,7 @@ def test_ddp_two_gloo_ranks(tmp_path):
     log_files = list(output_folder.glob("training_log_*.txt"))
     assert len(log_files) == 1
     # Rank 0 logs the skipped step with the case ids of both ranks.
-    log_text = log_files[0].read_text()
+    log_text = log_files[0].read_text(encoding="utf-8")
     assert "nan_case_rank1" in log_text
     assert "step skipped" in log_text
 

@@ -14,7 +14,7 @@ DOCUMENTATION = Path(__file__).resolve().parents[1] / "documentation"
 
 
 def _code_blocks(markdown: Path, language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", markdown.read_text(), flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", markdown.read_text(encoding="utf-8"), flags=re.S)
 
 
 def _run_bash_block(block: str, cwd: Path) -> None:

@@ -173,7 +173,7 @@ def test_compute_findings_metrics_rejects_bad_probabilities():
 
 
 def write_text(path, text):
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -211,7 +211,7 @@ def test_evaluate_csv_blank_cells_excluded(findings_csvs, tmp_path):
     assert summary["per_finding"]["tear"]["n_annotated"] == 4
     # Tear positives 0.9, 0.8 against negatives 0.3, 0.6: all four pairs ordered.
     assert summary["per_finding"]["tear"]["auc"] == pytest.approx(1.0)
-    assert json.loads(output.read_text())["settings"]["n_bootstrap"] == 50
+    assert json.loads(output.read_text(encoding="utf-8"))["settings"]["n_bootstrap"] == 50
     assert (tmp_path / "plots" / "reliability.png").stat().st_size > 0
     assert (tmp_path / "plots" / "roc_curves.png").stat().st_size > 0
 

@@ -179,7 +179,7 @@ def test_folder_evaluation_summary(label_folders, tmp_path):
     assert summary["counts"]["cartilage"]["empty_prediction_only"] == 1
     assert summary["foreground_mean"]["dice"] == pytest.approx(0.5)
 
-    written = json.loads(output.read_text())
+    written = json.loads(output.read_text(encoding="utf-8"))
     assert written["mean"]["cartilage"]["hd95"] is None
     assert written["settings"]["nsd_tolerance_mm"] == 1.0
 
@@ -239,13 +239,13 @@ def test_cli_seg_writes_summary(label_folders, tmp_path):
 
     predictions, references = label_folders
     dataset_json = tmp_path / "dataset.json"
-    dataset_json.write_text(json.dumps({"labels": LABELS}))
+    dataset_json.write_text(json.dumps({"labels": LABELS}), encoding="utf-8")
     output = tmp_path / "cli_summary.json"
 
     code = main(["seg", "-p", str(predictions), "-r", str(references), "-l", str(dataset_json), "-o", str(output), "--nsd_tolerance", "2"])
 
     assert code == 0
-    assert json.loads(output.read_text())["settings"]["nsd_tolerance_mm"] == 2.0
+    assert json.loads(output.read_text(encoding="utf-8"))["settings"]["nsd_tolerance_mm"] == 2.0
 
 
 def test_cli_seg_missing_folder_fails(tmp_path):

@@ -65,7 +65,7 @@ def straight_subject():
 
 
 def test_dataset_layout(small_dataset):
-    dataset_json = json.loads((small_dataset / "dataset.json").read_text())
+    dataset_json = json.loads((small_dataset / "dataset.json").read_text(encoding="utf-8"))
     assert small_dataset.name == "Dataset998_KneePhantom"
     assert dataset_json["views"] == list(VIEWS)
     assert dataset_json["labelled_views"] == ["sagittal"]
@@ -136,14 +136,14 @@ def test_cli_writes_dataset(tmp_path):
                                    "-o", str(tmp_path), "-np", "1"])
     assert code == 0
     dataset = tmp_path / "Dataset997_KneePhantom"
-    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 1
+    assert json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
     assert len(list((dataset / "imagesTr").glob("*.nii.gz"))) == 3
 
 
 def test_existing_foreign_folder_kept(tmp_path):
     foreign = tmp_path / "Dataset996_KneePhantom"
     foreign.mkdir()
-    (foreign / "notes.txt").write_text("real data")
+    (foreign / "notes.txt").write_text("real data", encoding="utf-8")
     with pytest.raises(FileExistsError, match="not a phantom dataset"):
         generate_phantom_dataset(tmp_path, dataset_id=996, num_cases=1, num_test=0, num_unlabeled=0)
     assert (foreign / "notes.txt").is_file()

@@ -23,7 +23,7 @@ def test_full_run_writes_plans_and_arrays(knee_dataset):
 
     folder = knee_dataset["preprocessed"] / "Dataset101_Knee"
     plans = load_plans(folder / "plans.json")
-    fingerprint = json.loads((folder / "dataset_fingerprint.json").read_text())
+    fingerprint = json.loads((folder / "dataset_fingerprint.json").read_text(encoding="utf-8"))
     assert code == 0
     assert sorted(plans["views"]) == ["axial", "coronal", "sagittal"]
     assert fingerprint["views"]["sagittal"]["num_labelled"] == 3
@@ -41,11 +41,11 @@ def test_full_run_writes_plans_and_arrays(knee_dataset):
 def test_fingerprint_is_deterministic(knee_dataset):
     main_extract_fingerprint(["-d", "101", "-np", "1"])
     path = knee_dataset["preprocessed"] / "Dataset101_Knee" / "dataset_fingerprint.json"
-    first = path.read_text()
+    first = path.read_text(encoding="utf-8")
 
     main_extract_fingerprint(["-d", "101", "-np", "2", "--clean"])
 
-    assert path.read_text() == first
+    assert path.read_text(encoding="utf-8") == first
 
 
 def test_preprocess_resumes_and_skips_done_cases(knee_dataset, caplog):
@@ -110,7 +110,7 @@ def test_real_scans_plan_and_preprocess(ortho_folders, real_mri_folder):
     knee.mkdir(parents=True)
     shutil.copyfile(real_mri_folder / "knee_dess_sagittal" / "dess_echo1.nii.gz", knee / "dess01_sagittal.nii.gz")
     shutil.copytree(real_mri_folder / "knee_t2_sagittal_dicom", knee / "t2map01_sagittal")
-    (knee.parent / "dataset.json").write_text(json.dumps({"views": ["sagittal"], "labelled_views": [], "labels": {"background": 0}}))
+    (knee.parent / "dataset.json").write_text(json.dumps({"views": ["sagittal"], "labelled_views": [], "labels": {"background": 0}}), encoding="utf-8")
 
     abdomen = ortho_folders["raw"] / "Dataset102_Abdomen"
     (abdomen / "imagesTr").mkdir(parents=True)
@@ -120,14 +120,14 @@ def test_real_scans_plan_and_preprocess(ortho_folders, real_mri_folder):
     values = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 19, 20, 21, 23, 24, 25, 46, 47, 48, 49]
     (abdomen / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, **{f"class_{v}": v for v in values[1:]}}, "file_ending": ".nii.gz",
-    }))
+    }), encoding="utf-8")
 
     knee_code = main_plan_and_preprocess(["-d", "101", "-np", "2", "--preset", "cpu_small", "--verify_dataset_integrity"])
     abdomen_code = main_plan_and_preprocess(["-d", "102", "-np", "1", "--preset", "cpu_small", "--verify_dataset_integrity"])
 
     knee_folder = ortho_folders["preprocessed"] / "Dataset101_RealKnee"
-    fingerprint = json.loads((knee_folder / "dataset_fingerprint.json").read_text())
-    t2 = json.loads((knee_folder / "orthoPlans_sagittal" / "t2map01.json").read_text())
+    fingerprint = json.loads((knee_folder / "dataset_fingerprint.json").read_text(encoding="utf-8"))
+    t2 = json.loads((knee_folder / "orthoPlans_sagittal" / "t2map01.json").read_text(encoding="utf-8"))
     abdomen_plans = load_plans(ortho_folders["preprocessed"] / "Dataset102_Abdomen" / "plans.json")
     assert knee_code == 0
     assert abdomen_code == 0

@@ -182,7 +182,7 @@ def test_full_exam_outputs(tmp_path, with_results):
     for name in ["knee_01_sagittal_seg.nii.gz", "knee_01_sagittal_probabilities.npz", "knee_01_sagittal_probabilities.json",
                  "knee_01_overlay.png", "knee_01_findings.json", "labels.json", "findings.csv"]:
         assert (out / name).is_file(), name
-    assert json.loads((out / "labels.json").read_text())["labels"] == LABELS
+    assert json.loads((out / "labels.json").read_text(encoding="utf-8"))["labels"] == LABELS
 
     probabilities = np.load(out / "knee_01_sagittal_probabilities.npz")["probabilities"]
     image = sitk.ReadImage(str(tmp_path / "in" / "knee_01_sagittal.nii.gz"))
@@ -250,23 +250,23 @@ def test_continue_skips_finished_exams(tmp_path, with_results):
     arguments = ["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-d", "101", "--disable_tta", "--tasks", "seg"]
     assert predict_main(arguments) == EXIT_OK
     record_path = tmp_path / "out" / "first_findings.json"
-    first_record = record_path.read_text()
+    first_record = record_path.read_text(encoding="utf-8")
 
     _write_exam(tmp_path / "in", "second", views=("sagittal",), seed=9)
     assert predict_main(arguments + ["--continue"]) == EXIT_OK
 
-    assert record_path.read_text() == first_record
+    assert record_path.read_text(encoding="utf-8") == first_record
     assert read_exam_record(tmp_path / "out" / "second_findings.json") is not None
 
 
 def test_findings_table_rebuilt_from_records(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "findings.csv").write_text("case,effusion\nstale,0.9\n")
+    (out / "findings.csv").write_text("case,effusion\nstale,0.9\n", encoding="utf-8")
     complete = {"case": "a", "status": "complete", "findings": {"effusion": {"probability": 0.25, "decision": 0}}}
     running = {"case": "b", "status": "running", "findings": {"effusion": {"probability": 0.75, "decision": 1}}}
-    (out / "a_findings.json").write_text(json.dumps(complete))
-    (out / "b_findings.json").write_text(json.dumps(running))
+    (out / "a_findings.json").write_text(json.dumps(complete), encoding="utf-8")
+    (out / "b_findings.json").write_text(json.dumps(running), encoding="utf-8")
 
     rebuild_findings_table(out, ["effusion"])
 
@@ -284,7 +284,7 @@ def test_prediction_is_deterministic(tmp_path, with_results):
     first = np.load(tmp_path / "run1" / "knee_sagittal_probabilities.npz")["probabilities"]
     second = np.load(tmp_path / "run2" / "knee_sagittal_probabilities.npz")["probabilities"]
     np.testing.assert_array_equal(first, second)
-    assert (tmp_path / "run1" / "findings.csv").read_text() == (tmp_path / "run2" / "findings.csv").read_text()
+    assert (tmp_path / "run1" / "findings.csv").read_text(encoding="utf-8") == (tmp_path / "run2" / "findings.csv").read_text(encoding="utf-8")
 
 
 def test_parts_split_exams(tmp_path, with_results):

@@ -108,7 +108,7 @@ def test_pretraining_outputs(data_folder, tmp_path):
     assert checkpoint["view"] == "sagittal"
     assert checkpoint["dataset_name"] == "Dataset999_Tiny"
 
-    log = json.loads((output / "training_log.json").read_text())
+    log = json.loads((output / "training_log.json").read_text(encoding="utf-8"))
     assert log["iteration"] == list(range(1, 9))
     assert all(np.isfinite(log["loss"]))
 
@@ -280,7 +280,7 @@ def test_pretraining_on_real_dess(tmp_path, real_mri_folder):
     folder = tmp_path / f"{PLANS_NAME}_sagittal"
     folder.mkdir()
     np.save(folder / "dess01.npy", scan.data)
-    (folder / "dess01.json").write_text(json.dumps(scan.properties))
+    (folder / "dess01.json").write_text(json.dumps(scan.properties), encoding="utf-8")
 
     settings = TrainerSettings(output_folder=tmp_path / "out", total_iterations=3, learning_rate=1e-3, device="cpu", checkpoint_every=10)
     trainer = PretrainTrainer(

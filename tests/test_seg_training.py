@@ -20,11 +20,11 @@ def _write_two_fold_splits(dataset_folder, num_cases):
     cases = [f"case_{index:03d}" for index in range(num_cases)]
     splits = [{"train": cases[half:], "val": cases[:half]} for half in [num_cases // 2]]
     splits.append({"train": splits[0]["val"], "val": splits[0]["train"]})
-    (dataset_folder / "splits_final.json").write_text(json.dumps(splits))
+    (dataset_folder / "splits_final.json").write_text(json.dumps(splits), encoding="utf-8")
 
 
 def _foreground_dice(summary_path):
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     return summary["foreground_mean"]["dice"]
 
 
@@ -44,11 +44,11 @@ def test_segmentation_run_learns(ortho_folders):
 
     assert trained >= MIN_TRAINED_DICE, f"trained Dice {trained:.3f}, untrained {untrained:.3f}"
     assert trained - untrained >= MIN_DICE_GAIN, f"trained Dice {trained:.3f}, untrained {untrained:.3f}"
-    log = json.loads((output / "training_log.json").read_text())
+    log = json.loads((output / "training_log.json").read_text(encoding="utf-8"))
     assert log["val_metric_name"] == "foreground_dice"
     assert log["val_metric"][-1] == pytest.approx(trained)
     assert (output / "checkpoint_final.pth").is_file()
-    assert json.loads((output / "label_subset.json").read_text())["cases"] == [f"case_{i:03d}" for i in range(4, 8)]
+    assert json.loads((output / "label_subset.json").read_text(encoding="utf-8"))["cases"] == [f"case_{i:03d}" for i in range(4, 8)]
 
 
 def test_segmentation_label_fraction_folders(ortho_folders):
@@ -59,12 +59,12 @@ def test_segmentation_label_fraction_folders(ortho_folders):
     run_segmentation_training(train_args("998", "seg", "fold1", "--pretrained", "none", "--iterations", "2", "--label_fraction", "0.25"))
 
     output = ortho_folders["results"] / folder.name / "seg_sagittal_lf0.25_scratch" / "fold_1"
-    subset = json.loads((output / "label_subset.json").read_text())
-    splits = json.loads((folder / "splits_final.json").read_text())
+    subset = json.loads((output / "label_subset.json").read_text(encoding="utf-8"))
+    splits = json.loads((folder / "splits_final.json").read_text(encoding="utf-8"))
     # 8 training cases in fold 1 of 5 (10 cases), a quarter of them is 2.
     assert len(subset["cases"]) == 2
     assert set(subset["cases"]) <= set(splits[1]["train"])
-    summary = json.loads((output / "validation" / "summary.json").read_text())
+    summary = json.loads((output / "validation" / "summary.json").read_text(encoding="utf-8"))
     assert sorted(entry["case"] for entry in summary["metric_per_case"]) == sorted(splits[1]["val"])
 
 
@@ -128,11 +128,11 @@ def test_phantom_segmentation_validation_in_raw_geometry(ortho_folders):
     dataset_folder = ortho_folders["preprocessed"] / raw_folder.name
     label_files = sorted((raw_folder / "labelsTr").glob("*_sagittal.nii.gz"))
     cases = [path.name[: -len("_sagittal.nii.gz")] for path in label_files]
-    (dataset_folder / "splits_final.json").write_text(json.dumps([{"train": cases[1:], "val": cases[:1]}]))
+    (dataset_folder / "splits_final.json").write_text(json.dumps([{"train": cases[1:], "val": cases[:1]}]), encoding="utf-8")
 
     run_segmentation_training(train_args("999", "seg", "fold0", "--pretrained", "none", "--iterations", "2"))
     validation = ortho_folders["results"] / raw_folder.name / "seg_sagittal_scratch" / "fold_0" / "validation"
-    summary = json.loads((validation / "summary.json").read_text())
+    summary = json.loads((validation / "summary.json").read_text(encoding="utf-8"))
     assert summary["settings"]["evaluation_space"] == ["original"]
 
     prediction = sitk.ReadImage(str(validation / f"{cases[0]}_sagittal.nii.gz"))

@@ -65,7 +65,7 @@ def test_too_few_subjects_rejected():
 def test_user_splits_win(tmp_path):
     cases = _cases(6)
     user = [{"train": cases[:3], "val": cases[3:]}, {"train": cases[3:], "val": cases[:3]}]
-    (tmp_path / "splits_final.json").write_text(json.dumps(user))
+    (tmp_path / "splits_final.json").write_text(json.dumps(user), encoding="utf-8")
 
     assert load_or_create_splits(tmp_path, cases, num_folds=5) == user
     assert fold_cases(user, 1, cases[1:]) == (cases[3:], cases[1:3])
@@ -73,7 +73,7 @@ def test_user_splits_win(tmp_path):
 
 def test_user_splits_with_unknown_case_rejected(tmp_path):
     cases = _cases(6)
-    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": cases, "val": ["ghost_case"]}]))
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": cases, "val": ["ghost_case"]}]), encoding="utf-8")
     with pytest.raises(ValueError, match="ghost_case"):
         load_or_create_splits(tmp_path, cases)
 
@@ -81,7 +81,7 @@ def test_user_splits_with_unknown_case_rejected(tmp_path):
 def test_created_splits_saved(tmp_path):
     cases = _cases(10)
     splits = load_or_create_splits(tmp_path, cases, seed=4)
-    assert json.loads((tmp_path / "splits_final.json").read_text()) == splits
+    assert json.loads((tmp_path / "splits_final.json").read_text(encoding="utf-8")) == splits
 
 
 def test_fold_index_parsing():

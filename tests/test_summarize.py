@@ -73,7 +73,7 @@ def test_summarize_mean_and_std_across_folds(results_tree):
     summary = summarize_results(results_tree)
 
     fold_values = [
-        json.loads((results_tree / "seg_sagittal" / f"fold_{fold}" / "validation" / "summary.json").read_text())["mean"]["femur"]["dice"]
+        json.loads((results_tree / "seg_sagittal" / f"fold_{fold}" / "validation" / "summary.json").read_text(encoding="utf-8"))["mean"]["femur"]["dice"]
         for fold in (0, 1)
     ]
     across = summary["tasks"]["seg_sagittal"]["across_folds"]["mean"]["femur"]["dice"]
@@ -82,7 +82,7 @@ def test_summarize_mean_and_std_across_folds(results_tree):
     assert summary["tasks"]["seg_sagittal"]["across_folds"]["mean"]["tibia"]["dice"]["mean"] == pytest.approx(1.0)
 
     fold_aucs = [
-        json.loads((results_tree / "cls" / f"fold_{fold}" / "validation" / "summary.json").read_text())["per_finding"]["effusion"]["auc"]
+        json.loads((results_tree / "cls" / f"fold_{fold}" / "validation" / "summary.json").read_text(encoding="utf-8"))["per_finding"]["effusion"]["auc"]
         for fold in (0, 1)
     ]
     assert summary["tasks"]["cls"]["across_folds"]["per_finding"]["effusion"]["auc"]["mean"] == pytest.approx(np.mean(fold_aucs))
@@ -94,12 +94,12 @@ def test_summarize_lists_missing_folds(results_tree):
 
     assert summary["tasks"]["seg_sagittal"]["folds_present"] == [0, 1]
     assert summary["tasks"]["seg_sagittal"]["folds_missing"] == [2, 3, 4]
-    assert "Folds missing: [2, 3, 4]" in (results_tree / "summary.md").read_text()
+    assert "Folds missing: [2, 3, 4]" in (results_tree / "summary.md").read_text(encoding="utf-8")
 
 
 def test_report_html_is_self_contained(results_tree):
     summarize_results(results_tree)
-    html = (results_tree / "report.html").read_text()
+    html = (results_tree / "report.html").read_text(encoding="utf-8")
 
     # Dice, ROC, reliability, two fine-tuning loss plots and one pretraining loss plot.
     assert html.count('src="data:image/png;base64,') == 6
@@ -113,7 +113,7 @@ def test_report_html_is_self_contained(results_tree):
 
 def test_summary_markdown_has_one_table_per_task(results_tree):
     summarize_results(results_tree)
-    markdown = (results_tree / "summary.md").read_text()
+    markdown = (results_tree / "summary.md").read_text(encoding="utf-8")
 
     assert "## seg_sagittal (segmentation)" in markdown
     assert "## cls (findings)" in markdown
@@ -136,12 +136,12 @@ def test_cli_summarize(results_tree):
     from ortho_nnd.cli.summarize import main
 
     assert main(["Dataset101_Knee", "--num_folds", "2"]) == 0
-    assert json.loads((results_tree / "summary.json").read_text())["tasks"]["cls"]["folds_missing"] == []
+    assert json.loads((results_tree / "summary.json").read_text(encoding="utf-8"))["tasks"]["cls"]["folds_missing"] == []
 
 
 def test_report_html_per_fold_table(results_tree):
     summary = summarize_results(results_tree)
-    html = (results_tree / "report.html").read_text()
+    html = (results_tree / "report.html").read_text(encoding="utf-8")
 
     fold_dice = summary["tasks"]["seg_sagittal"]["per_fold"]["1"]["foreground_mean"]["dice"]
     assert html.count("<h3>Per fold</h3>") == 2
@@ -150,7 +150,7 @@ def test_report_html_per_fold_table(results_tree):
 
 def test_probabilities_without_references_skipped(results_tree):
     bad = results_tree / "cls" / "fold_1" / "validation" / "probabilities.csv"
-    bad.write_text("case,effusion,acl_tear\nk1,0.2,0.3\n")
+    bad.write_text("case,effusion,acl_tear\nk1,0.2,0.3\n", encoding="utf-8")
 
     summary = summarize_results(results_tree)
 

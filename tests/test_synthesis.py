@@ -65,7 +65,7 @@ def small_label_map(tmp_path_factory) -> Path:
 def test_small_map_dataset(small_label_map, tmp_path):
     dataset = synthesize_dataset([small_label_map], tmp_path, 902, "Synth", exams_per_map=2, seed=3,
                                  label_names={"background": 0, "ball": 5, "slab": 6}, **FAST)
-    dataset_json = json.loads((dataset / "dataset.json").read_text())
+    dataset_json = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     assert dataset_json["labelled_views"] == list(VIEWS)
     assert dataset_json["labels"] == {"background": 0, "ball": 5, "slab": 6}
     assert dataset_json["numTraining"] == 2
@@ -92,7 +92,7 @@ def test_small_map_dataset(small_label_map, tmp_path):
 def test_image_follows_labels(small_label_map, tmp_path):
     dataset = synthesize_dataset([small_label_map], tmp_path, 903, "Synth", exams_per_map=1, seed=4,
                                  label_names={"background": 0, "ball": 5, "slab": 6}, **FAST)
-    parameters = json.loads((dataset / "synthesis_parameters.json").read_text())["ball_001"]
+    parameters = json.loads((dataset / "synthesis_parameters.json").read_text(encoding="utf-8"))["ball_001"]
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "imagesTr" / "ball_001_sagittal.nii.gz")))
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "ball_001_sagittal.nii.gz")))
     for name, value in (("ball", 5), ("slab", 6)):
@@ -132,7 +132,7 @@ def test_missing_map_rejected(tmp_path):
 
 def test_cli_runs(small_label_map, tmp_path):
     names = tmp_path / "names.json"
-    names.write_text(json.dumps({"background": 0, "ball": 5, "slab": 6}))
+    names.write_text(json.dumps({"background": 0, "ball": 5, "slab": 6}), encoding="utf-8")
     code = synthesize_main(["-i", str(small_label_map.parent), "-d", "907", "--name", "Synth", "--exams_per_map",
                             "1", "--views", "axial", "--label_names", str(names), "--in_plane_spacing", "1.5,2",
                             "-o", str(tmp_path)])
@@ -150,7 +150,7 @@ def test_real_knee_map_labels_match(tmp_path):
     sitk.WriteImage(source, str(map_path))
 
     dataset = synthesize_dataset([map_path], tmp_path / "raw", 908, "KneeSynth", exams_per_map=1, seed=6, **FAST)
-    assert json.loads((dataset / "dataset.json").read_text())["labels"] == DEFAULT_KNEE_LABELS
+    assert json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))["labels"] == DEFAULT_KNEE_LABELS
     present = set(np.unique(sitk.GetArrayFromImage(source)).tolist()) - {0}
     for view in VIEWS:
         label = sitk.ReadImage(str(dataset / "labelsTr" / f"knee_b_half_001_{view}.nii.gz"))

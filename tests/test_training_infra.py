@@ -205,7 +205,7 @@ def test_progress_tracker_json_and_plot(tmp_path):
     tracker.save_json(tmp_path / "training_log.json")
     tracker.plot(tmp_path / "progress.png")
 
-    stored = json.loads((tmp_path / "training_log.json").read_text())
+    stored = json.loads((tmp_path / "training_log.json").read_text(encoding="utf-8"))
     assert stored["iteration"] == [1, 2, 3, 4, 5, 6]
     assert stored["loss"][5] is None
     assert stored["val_metric"] == [None, None, None, None, 0.5, None]
@@ -224,7 +224,7 @@ def test_log_file_receives_package_logs(tmp_path):
     remove_log_file(path)
 
     assert path.name.startswith("training_log_")
-    assert "hello log file" in path.read_text()
+    assert "hello log file" in path.read_text(encoding="utf-8")
 
 
 def test_nonfinite_guard_counts_and_raises(caplog):

@@ -32,7 +32,7 @@ def _write_pretrain_checkpoint(results_folder, dataset_name, view, view_plans):
     }
     path = results_folder / dataset_name / f"pretrain_{view}" / "checkpoint_final.pth"
     save_checkpoint(path, payload)
-    (results_folder / dataset_name / "dataset.json").write_text("{}")
+    (results_folder / dataset_name / "dataset.json").write_text("{}", encoding="utf-8")
     return path, payload
 
 
@@ -48,7 +48,7 @@ def test_compatible_transfer_adapts_plans(ortho_folders):
 
     run_segmentation_training(train_args("998", "seg", "fold0", "--pretrained_from", "996", "--iterations", "1", "--lr", "1e-12", "--backbone_lr_factor", "0.5"))
     output = ortho_folders["results"] / folder.name / "seg_sagittal" / "fold_0"
-    report = json.loads((output / "load_report.json").read_text())
+    report = json.loads((output / "load_report.json").read_text(encoding="utf-8"))
 
     adapted = {item["parameter"]: item for item in report["adaptation"]["adapted"]}
     assert set(adapted) == {"patch_size", "target_spacing"}
@@ -112,8 +112,8 @@ def test_label_subset_same_for_pretrained_and_scratch(ortho_folders):
     run_segmentation_training(train_args("998", "seg", "fold2", "--pretrained", "none", "--iterations", "1", "--label_fraction", "0.3"))
 
     results = ortho_folders["results"] / folder.name
-    pretrained = json.loads((results / "seg_sagittal_lf0.3" / "fold_2" / "label_subset.json").read_text())
-    scratch = json.loads((results / "seg_sagittal_lf0.3_scratch" / "fold_2" / "label_subset.json").read_text())
+    pretrained = json.loads((results / "seg_sagittal_lf0.3" / "fold_2" / "label_subset.json").read_text(encoding="utf-8"))
+    scratch = json.loads((results / "seg_sagittal_lf0.3_scratch" / "fold_2" / "label_subset.json").read_text(encoding="utf-8"))
     # 12 cases in 5 folds: fold 2 trains on 9 or 10 cases, 30 % of them is 3.
     assert len(pretrained["cases"]) == 3
     assert pretrained["cases"] == scratch["cases"]

@@ -153,8 +153,8 @@ def make_preprocessed_dataset(
         "file_ending": ".nii.gz",
         "numTraining": num_cases,
     }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
-    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1), encoding="utf-8")
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1), encoding="utf-8")
 
     total = num_cases + num_unlabeled
     shapes = list(shapes) if shapes is not None else [TINY_SHAPE] * total
@@ -192,5 +192,5 @@ def make_preprocessed_dataset(
                 "class_locations": locations,
                 "plans_identifier": "test",
             }
-            (view_folder / f"{case_id}.json").write_text(json.dumps(properties))
+            (view_folder / f"{case_id}.json").write_text(json.dumps(properties), encoding="utf-8")
     return folder

@@ -188,10 +188,11 @@ def _dicom_header_geometry(series: SeriesInput) -> sitk.Image:
     distance between the first and last slice positions along the slice normal divided by the
     number of gaps, which is how ITK's series reader spaces slices.
     """
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series.path), series.series_uid)
-    first = sitk.ImageFileReader()
-    first.SetFileName(files[0])
-    first.ReadImageInformation()
+    with io.preserved_locale():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series.path), series.series_uid)
+        first = sitk.ImageFileReader()
+        first.SetFileName(files[0])
+        first.ReadImageInformation()
 
     direction = np.asarray(first.GetDirection(), dtype=np.float64).reshape(3, 3)
     spacing = list(first.GetSpacing())
@@ -200,7 +201,8 @@ def _dicom_header_geometry(series: SeriesInput) -> sitk.Image:
     if len(files) > 1:
         last = sitk.ImageFileReader()
         last.SetFileName(files[-1])
-        last.ReadImageInformation()
+        with io.preserved_locale():
+            last.ReadImageInformation()
         first_position = np.array([float(v) for v in first.GetMetaData(DICOM_IMAGE_POSITION_TAG).split("\\")])
         last_position = np.array([float(v) for v in last.GetMetaData(DICOM_IMAGE_POSITION_TAG).split("\\")])
         distance = abs(float(np.dot(last_position - first_position, direction[:, 2])))
@@ -219,7 +221,8 @@ def _file_header(path: Path) -> tuple[sitk.Image, list[int]]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with io.preserved_locale():
+            reader.ReadImageInformation()
     except RuntimeError as error:
         raise io.ImageReadError(f"Failed to read the header of {path}: {str(error).strip().splitlines()[-1]}") from error
 

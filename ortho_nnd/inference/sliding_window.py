@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 # nnU-Net: voxels at the window border get about exp(-8) of the centre weight per axis.
 DEFAULT_SIGMA_SCALE = 1.0 / 8.0
 
+# Smallest number of windows per network call on the CPU. PyTorch (checked with 2.14) runs a
+# CPU conv3d through oneDNN only when the batch has more than one sample or the input is large.
+# Single small windows fall back to its native slow_conv3d, which took about 3 times longer per
+# window on a 2-core Xeon (benchmarks/network_timing.py: window_seconds against
+# window_in_pair_seconds). Two windows per call double the activation memory of one patch.
+CPU_MIN_WINDOW_BATCH = 2
+
 # Value that padding voxels get. Inputs are normalised (z-score for MRI), so 0 is the mean
 # intensity, which is also what the training data augmentation pads with.
 PADDING_VALUE = 0.0
@@ -208,7 +215,8 @@ def predict_sliding_window(
     fraction of the patch size. ``mirror_axes`` lists the spatial axes (0 = Z) that test-time
     mirroring may flip, and all their combinations are predicted. With ``gaussian=False`` all
     window voxels get weight 1. Inputs smaller than the patch are padded with ``PADDING_VALUE``
-    and the result is cropped back.
+    and the result is cropped back. On the CPU at least ``CPU_MIN_WINDOW_BATCH`` windows go through
+    the network per call, even when ``batch_size`` is 1. The result is the same up to float rounding.
 
     The accumulators live on ``device`` when ``accumulate_on_device`` is true, and they move to
     the CPU with a warning when the device runs out of memory. Returns float32 probabilities of
@@ -262,6 +270,8 @@ def predict_sliding_window(
 
     autocast = autocast_context(device)
     padded = padded.to(device)
+    if device.type == "cpu":
+        batch_size = max(batch_size, CPU_MIN_WINDOW_BATCH)
     batches = [windows[index:index + batch_size] for index in range(0, len(windows), batch_size)]
     logger.debug(
         "Sliding window: %d windows of %s over %s, %d mirror combinations.",

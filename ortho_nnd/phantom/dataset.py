@@ -151,7 +151,7 @@ def _prepare_folder(dataset_folder: Path, overwrite: bool) -> None:
         is_phantom = False
         if dataset_json.is_file():
             try:
-                is_phantom = "phantom" in json.loads(dataset_json.read_text())
+                is_phantom = "phantom" in json.loads(dataset_json.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 is_phantom = False
         if not (overwrite and is_phantom):
@@ -199,7 +199,7 @@ def _write_findings(path: Path, plans: list[ExamPlan]) -> None:
 
 def _write_json(path: Path, content: dict) -> None:
     temporary = path.with_name(f".tmp_{path.name}")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, path)
 
 

@@ -206,5 +206,5 @@ def _voxel_centres(grid: Grid) -> np.ndarray:
 
 def _write_json(path: Path, content: dict) -> None:
     temporary = path.with_name(f".tmp_{path.name}")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    temporary.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     os.replace(temporary, path)

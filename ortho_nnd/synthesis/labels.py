@@ -30,7 +30,7 @@ def load_label_names(path: Path | None) -> dict[str, int]:
     if not path.is_file():
         raise FileNotFoundError(f"Label names file {path} not found; give a JSON file like {{\"background\": 0, ...}}.")
     try:
-        names = json.loads(path.read_text())
+        names = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"Label names file {path} is not valid JSON: {error}.") from error
     return validate_label_names(names, str(path))

@@ -12,5 +12,15 @@ Shared infrastructure (see each module's docstring for its API):
 - ``base_trainer``: ``BaseTrainer`` and ``TrainerSettings``.
 - ``pretrain``: diffusion pretraining (``ortho_train DATASET pretrain VIEW``).
 
+Fine-tuning:
+
+- ``finetune_setup``: dataset context, splits, output folder and settings shared by both tasks.
+- ``splits``: subject-grouped, finding-stratified folds in ``splits_final.json``.
+- ``label_fraction``: seeded, stratified subsets of a fold's labelled training cases.
+- ``augmentation``: batchgeneratorsv2 transforms for segmentation.
+- ``transfer``: checks and loads pretraining from another dataset before training starts.
+- ``seg_trainer``: segmentation (``ortho_train DATASET seg FOLD``).
+- ``cls_data`` and ``cls_trainer``: three-view diagnosis (``ortho_train DATASET cls FOLD``).
+
 Submodules are not imported here, so importing ``ortho_nnd.training`` stays cheap.
 """
