@@ -12,13 +12,13 @@ Two layouts are read:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ortho_nnd import io
+from ortho_nnd.atomic_files import read_json, write_json_atomic
 from ortho_nnd.geometry import VIEWS, detect_view
 
 logger = logging.getLogger(__name__)
@@ -74,26 +74,15 @@ class RawDataset:
 
 def load_json(path: Path) -> dict:
     """Read a JSON file, raising an error that names the file when it is missing or invalid."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found.")
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path} is not valid JSON: {error}.") from error
+        return read_json(path, "Fix the syntax (a JSON validator shows the position).")
+    except ValueError as error:
+        raise DatasetFormatError(str(error)) from error
 
 
 def save_json(data, path: Path) -> None:
-    """Write JSON atomically (temporary file, then rename) with sorted keys off and indent 2."""
-    import os
-    import uuid
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".tmp_{uuid.uuid4().hex}_{path.name}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(temporary, path)
+    """Write JSON atomically (temporary file, then rename), indented by 2 spaces."""
+    write_json_atomic(data, path)
 
 
 def _parse_labels(dataset_json: dict, path: Path) -> dict[str, int]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ortho_nnd.atomic_files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -159,18 +160,10 @@ def write_validation_probabilities(
         raise ValueError(f"Expected probs and refs of shape {expected_shape} (cases, findings), got {probs.shape} and {refs.shape}.")
 
     header = [CASE_COLUMN, *findings, *(name + REFERENCE_SUFFIX for name in findings)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(header)
-            for case, probability_row, reference_row in zip(cases, probs, refs):
-                references = ["" if np.isnan(value) else str(int(value)) for value in reference_row]
-                writer.writerow([case, *(f"{value:.6f}" for value in probability_row), *references])
-        os.replace(temporary_name, path)
-    except BaseException:
-        if os.path.exists(temporary_name):
-            os.remove(temporary_name)
-        raise
+    with atomic_output(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        for case, probability_row, reference_row in zip(cases, probs, refs):
+            references = ["" if np.isnan(value) else str(int(value)) for value in reference_row]
+            writer.writerow([case, *(f"{value:.6f}" for value in probability_row), *references])
     return path

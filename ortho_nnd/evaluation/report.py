@@ -8,10 +8,10 @@ from __future__ import annotations
 import base64
 import html
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ortho_nnd.atomic_files import write_text_atomic
 from ortho_nnd.evaluation.findings_metrics import MACRO_METRICS
 from ortho_nnd.evaluation.json_io import nan_if_none
 
@@ -93,20 +93,6 @@ def _task_notes(task: Mapping) -> list[str]:
     return notes
 
 
-def _write_text_atomic(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary_name, path)
-    except BaseException:
-        if os.path.exists(temporary_name):
-            os.remove(temporary_name)
-        raise
-    return path
-
-
 def write_markdown_summary(summary: Mapping, path: str | os.PathLike) -> Path:
     """Write one Markdown table per task, with the folds present and missing."""
     lines = [f"# Results summary: {summary['dataset']}", ""]
@@ -119,7 +105,7 @@ def write_markdown_summary(summary: Mapping, path: str | os.PathLike) -> Path:
         lines.append("")
     if summary.get("tasks_without_results"):
         lines += [f"Tasks without any validated fold: {', '.join(summary['tasks_without_results'])}.", ""]
-    return _write_text_atomic("\n".join(lines), Path(path))
+    return write_text_atomic("\n".join(lines), Path(path))
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], aggregate_rows: set[int]) -> str:
@@ -171,4 +157,4 @@ def write_html_report(summary: Mapping, path: str | os.PathLike) -> Path:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    return _write_text_atomic(document, Path(path))
+    return write_text_atomic(document, Path(path))

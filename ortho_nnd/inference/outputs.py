@@ -9,14 +9,12 @@ import csv
 import io as text_io
 import json
 import logging
-import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ortho_nnd import io
+from ortho_nnd.atomic_files import write_bytes_atomic, write_json_atomic  # noqa: F401 (write_json_atomic is used through this module)
 
 logger = logging.getLogger(__name__)
 
@@ -44,42 +42,11 @@ def exam_record_path(output_folder: Path, case: str) -> Path:
     return output_folder / f"{case}{EXAM_RECORD_SUFFIX}"
 
 
-def _write_bytes_atomic(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
-
-
-def _json_compatible(value):
-    """Convert numpy values and non-finite floats (to null) so that the JSON is strict."""
-    if isinstance(value, dict):
-        return {str(key): _json_compatible(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_compatible(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomic(data, path: Path) -> Path:
-    text = json.dumps(_json_compatible(data), indent=2, allow_nan=False)
-    return _write_bytes_atomic((text + "\n").encode("utf-8"), Path(path))
-
-
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> Path:
     """Write ``np.savez_compressed`` output atomically."""
     buffer = text_io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    return _write_bytes_atomic(buffer.getvalue(), Path(path))
+    return write_bytes_atomic(buffer.getvalue(), Path(path))
 
 
 def read_exam_record(path: Path) -> dict | None:
@@ -127,6 +94,6 @@ def rebuild_findings_table(output_folder: Path, findings: list[str] | None = Non
         probabilities = [f"{float(values[name]['probability']):.6f}" for name in findings]
         decisions = [str(int(values[name]["decision"])) for name in findings]
         writer.writerow([record["case"], *probabilities, *decisions])
-    _write_bytes_atomic(stream.getvalue().encode("utf-8"), table_path)
+    write_bytes_atomic(stream.getvalue().encode("utf-8"), table_path)
     logger.info("Wrote %s with %d exams.", table_path, len(rows))
     return table_path

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ortho_nnd import io
+from ortho_nnd.atomic_files import atomic_output
 from ortho_nnd.dataset import RawDataset, save_json
 from ortho_nnd.preprocessing.preprocessor import preprocess_scan, plans_identifier
 
@@ -46,9 +45,8 @@ def output_folder_for(preprocessed_dataset_folder: Path, view_plans: dict, sourc
 
 
 def save_array_atomic(array: np.ndarray, path: Path) -> None:
-    temporary = path.parent / f".tmp_{uuid.uuid4().hex}.npy"
-    np.save(temporary, array)
-    os.replace(temporary, path)
+    with atomic_output(path, "wb") as stream:
+        np.save(stream, array)
 
 
 def is_done(output_folder: Path, case: str, identifier: str) -> bool:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ortho_nnd.atomic_files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary_name, path)
-    except BaseException:
-        # Remove the partial file and keep whatever checkpoint was at `path` before.
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
+    # On failure the partial temporary file is removed and the previous checkpoint stays.
+    with atomic_output(path, "wb", fsync=True) as stream:
+        torch.save(payload, stream)
 
     _fsync_folder(path.parent)
     return path

@@ -20,11 +20,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ortho_nnd.atomic_files import atomic_output
 from ortho_nnd.training.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -64,18 +64,6 @@ def remove_log_file(path: Path | None) -> None:
             handler.close()
 
 
-def _atomic_write_bytes(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            writer(stream)
-        os.replace(temporary_name, path)
-    except BaseException:
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
-
-
 class ProgressTracker:
     """Lists of iteration, loss, learning rate and optional validation metric."""
 
@@ -104,7 +92,8 @@ class ProgressTracker:
 
     def save_json(self, path: str | os.PathLike) -> None:
         text = json.dumps(self.state_dict(), indent=1)
-        _atomic_write_bytes(Path(path), lambda stream: stream.write(text.encode("utf-8")))
+        with atomic_output(path, "w") as stream:
+            stream.write(text)
 
     def plot(self, path: str | os.PathLike) -> None:
         """Draw the loss (left axis) and learning rate (right axis) against the iteration."""
@@ -136,7 +125,8 @@ class ProgressTracker:
         figure.tight_layout()
 
         try:
-            _atomic_write_bytes(Path(path), lambda stream: figure.savefig(stream, format="png", dpi=100))
+            with atomic_output(path, "wb") as stream:
+                figure.savefig(stream, format="png", dpi=100)
         finally:
             plt.close(figure)
 
