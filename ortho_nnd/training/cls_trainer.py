@@ -43,16 +43,14 @@ from ortho_nnd.training.base_trainer import PROGRESS_JSON, BaseTrainer, TrainerS
 from ortho_nnd.training.checkpoint import load_checkpoint
 from ortho_nnd.training.cls_data import ExamBatchIterator, ExamDataset, collate_exams, has_annotation, positive_weights
 from ortho_nnd.training.finetune_setup import (
-    DEFAULT_FINETUNE_SEED,
     backbone_lr_factor,
-    dataset_splits,
     finetune_settings,
     iterations_from_args,
     load_finetune_context,
     run_output_folder,
+    select_fold_cases,
 )
-from ortho_nnd.training.label_fraction import LABEL_SUBSET_FILE, run_folder_name, select_label_subset
-from ortho_nnd.training.splits import fold_cases, fold_index
+from ortho_nnd.training.label_fraction import LABEL_SUBSET_FILE, run_folder_name
 from ortho_nnd.training.transfer import check_transfer, initialise_from_checkpoint, resolve_pretrained_checkpoint_for
 
 logger = logging.getLogger(__name__)
@@ -310,19 +308,13 @@ def run_classification_training(args: argparse.Namespace) -> Path:
     if not cases:
         raise ValueError(f"No imagesTr case of {context.dataset_name} has an annotated finding in findings.csv.")
 
-    fold = fold_index(args.task_arg)
-    if fold is None:
-        train_cases, val_cases = sorted(cases), []
-    else:
-        train_cases, val_cases = fold_cases(dataset_splits(context), fold, cases)
-    if not train_cases:
-        raise ValueError(f"Fold {fold} has no training case with findings.")
+    def finding_strata(train: list[str]) -> dict:
+        # -1 marks a finding that is not annotated for the case.
+        return {case: tuple(int(v > 0.5) if v == v else -1 for v in context.findings.values[case]) for case in train}
 
+    selection = select_fold_cases(context, args, cases, finding_strata, "findings")
+    fold, train_cases, val_cases, seed = selection.fold, selection.train_cases, selection.val_cases, selection.seed
     label_fraction = getattr(args, "label_fraction", None)
-    seed = args.seed if args.seed is not None else DEFAULT_FINETUNE_SEED
-    if label_fraction is not None:
-        strata = {case: tuple(int(v > 0.5) if v == v else -1 for v in context.findings.values[case]) for case in train_cases}
-        train_cases = select_label_subset(train_cases, label_fraction, fold, seed, strata)
 
     pretrained = {
         view: resolve_pretrained_checkpoint_for(getattr(args, "pretrained", "auto"), args.pretrained_from, context.dataset_name, view, args.plans_name)

@@ -29,7 +29,8 @@ from ortho_nnd.planning.plans import DEFAULT_PLANS_NAME, load_plans, plans_path
 from ortho_nnd.training.base_trainer import TrainerSettings
 from ortho_nnd.training.data import list_preprocessed_cases
 from ortho_nnd.training.distributed import is_main_process
-from ortho_nnd.training.splits import DEFAULT_SPLIT_SEED, load_or_create_splits
+from ortho_nnd.training.label_fraction import select_label_subset
+from ortho_nnd.training.splits import DEFAULT_SPLIT_SEED, fold_cases, fold_index, load_or_create_splits
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,37 @@ def dataset_splits(context: FinetuneContext) -> list[dict[str, list[str]]]:
     return load_or_create_splits(
         context.dataset_folder, context.training_cases, subjects, findings, seed=DEFAULT_SPLIT_SEED, write=is_main_process()
     )
+
+
+@dataclass
+class FoldSelection:
+    """Training and validation cases of one fold, after the optional label-fraction subset."""
+
+    fold: int | None
+    train_cases: list[str]
+    val_cases: list[str]
+    seed: int
+
+
+def select_fold_cases(context: "FinetuneContext", args: argparse.Namespace, cases: list[str], strata_for, what: str) -> FoldSelection:
+    """Split ``cases`` by the fold in ``args.task_arg`` and apply ``--label_fraction`` to the training part.
+
+    ``strata_for(train_cases)`` returns the stratum of each training case for the subset. The subset
+    depends only on fold, fraction and seed, so pretrained and scratch runs train on the same cases.
+    """
+    fold = fold_index(args.task_arg)
+    if fold is None:
+        train_cases, val_cases = sorted(cases), []
+    else:
+        train_cases, val_cases = fold_cases(dataset_splits(context), fold, cases)
+    if not train_cases:
+        raise ValueError(f"Fold {fold} has no training case with {what}.")
+
+    label_fraction = getattr(args, "label_fraction", None)
+    seed = args.seed if args.seed is not None else DEFAULT_FINETUNE_SEED
+    if label_fraction is not None:
+        train_cases = select_label_subset(train_cases, label_fraction, fold, seed, strata_for(train_cases))
+    return FoldSelection(fold, train_cases, val_cases, seed)
 
 
 def run_output_folder(dataset_name: str, run_name: str, fold: int | None, plans_name: str = DEFAULT_PLANS_NAME) -> Path:

@@ -47,16 +47,14 @@ from ortho_nnd.training.base_trainer import PROGRESS_JSON, BaseTrainer, TrainerS
 from ortho_nnd.training.checkpoint import load_checkpoint
 from ortho_nnd.training.data import PatchDataLoader, PreprocessedDataset, make_batch_iterator
 from ortho_nnd.training.finetune_setup import (
-    DEFAULT_FINETUNE_SEED,
     backbone_lr_factor,
-    dataset_splits,
     finetune_settings,
     iterations_from_args,
     load_finetune_context,
     run_output_folder,
+    select_fold_cases,
 )
-from ortho_nnd.training.label_fraction import LABEL_SUBSET_FILE, run_folder_name, select_label_subset
-from ortho_nnd.training.splits import fold_cases, fold_index
+from ortho_nnd.training.label_fraction import LABEL_SUBSET_FILE, run_folder_name
 from ortho_nnd.training.transfer import check_transfer, initialise_from_checkpoint, resolve_pretrained_checkpoint_for
 
 logger = logging.getLogger(__name__)
@@ -370,18 +368,11 @@ def run_segmentation_training(args: argparse.Namespace) -> Path:
     if not labelled_cases:
         raise FileNotFoundError(f"No case in {data_folder} has a segmentation (_seg.npy). Check labelsTr and preprocess again.")
 
-    fold = fold_index(args.task_arg)
-    if fold is None:
-        train_cases, val_cases = sorted(labelled_cases), []
-    else:
-        train_cases, val_cases = fold_cases(dataset_splits(context), fold, labelled_cases)
-    if not train_cases:
-        raise ValueError(f"Fold {fold} has no training case with labels in view {view}.")
-
+    selection = select_fold_cases(
+        context, args, labelled_cases, lambda train: _label_strata(all_cases, train), f"labels in view {view}"
+    )
+    fold, train_cases, val_cases, seed = selection.fold, selection.train_cases, selection.val_cases, selection.seed
     label_fraction = getattr(args, "label_fraction", None)
-    seed = args.seed if args.seed is not None else DEFAULT_FINETUNE_SEED
-    if label_fraction is not None:
-        train_cases = select_label_subset(train_cases, label_fraction, fold, seed, _label_strata(all_cases, train_cases))
 
     pretrained = resolve_pretrained_checkpoint_for(
         getattr(args, "pretrained", "auto"), args.pretrained_from, context.dataset_name, view, args.plans_name
