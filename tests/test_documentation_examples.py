@@ -5,10 +5,8 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
 DOCUMENTATION = Path(__file__).resolve().parents[1] / "documentation"
 

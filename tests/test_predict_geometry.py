@@ -1,7 +1,6 @@
 """Geometry of ortho_predict outputs: same grid as the input, labels on the right voxels."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np

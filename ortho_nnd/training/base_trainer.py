@@ -107,6 +107,8 @@ class BaseTrainer:
     task = "base"
     # Subclasses whose forward pass leaves some trainable parameters without gradient set this.
     ddp_find_unused_parameters = False
+    # Name of the validation metric stored in training_log.json (None: no validation metric).
+    val_metric_name: str | None = None
 
     def __init__(self, settings: TrainerSettings) -> None:
         settings.check()
@@ -250,11 +252,24 @@ class BaseTrainer:
         path = self.output_folder / name
         if self.is_main_process:
             save_checkpoint(path, self.checkpoint_payload())
-            self.progress.save_json(self.output_folder / PROGRESS_JSON)
+            self.save_progress_json()
             self.progress.plot(self.output_folder / PROGRESS_PLOT)
             logger.info("Saved %s at iteration %d", path, self.iteration)
         distributed.barrier()
         return path
+
+    def save_progress_json(self) -> None:
+        """Write training_log.json in the evaluation package's format, with the metric's name when set."""
+        if self.val_metric_name is None:
+            self.progress.save_json(self.output_folder / PROGRESS_JSON)
+            return
+        from ortho_nnd.evaluation.training_log import write_training_log_json
+
+        values = self.progress.state_dict()
+        write_training_log_json(
+            self.output_folder / PROGRESS_JSON, values["iteration"], values["loss"], values["learning_rate"],
+            values["val_metric"], self.val_metric_name,
+        )
 
     def find_continue_checkpoint(self) -> dict[str, Any] | None:
         """Load ``checkpoint_final.pth``, else ``checkpoint_latest.pth``; return None when neither exists."""

@@ -36,10 +36,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ortho_nnd.evaluation import choose_threshold, compute_findings_metrics, write_json_atomic, write_validation_probabilities
-from ortho_nnd.evaluation.training_log import write_training_log_json
 from ortho_nnd.network import build_network_from_spec
 from ortho_nnd.network.classification import MultiViewClassifier, ViewEncoder
-from ortho_nnd.training.base_trainer import PROGRESS_JSON, BaseTrainer, TrainerSettings
+from ortho_nnd.training.base_trainer import BaseTrainer, TrainerSettings
 from ortho_nnd.training.checkpoint import load_checkpoint
 from ortho_nnd.training.cls_data import ExamBatchIterator, ExamDataset, collate_exams, has_annotation, positive_weights
 from ortho_nnd.training.finetune_setup import (
@@ -81,6 +80,7 @@ def encoder_feature_names(n_stages: int) -> list[str]:
 
 class ClassificationTrainer(BaseTrainer):
     task = "cls"
+    val_metric_name = VAL_METRIC_NAME
 
     def __init__(
         self,
@@ -218,16 +218,6 @@ class ClassificationTrainer(BaseTrainer):
             "pretrained_checkpoints": {view: None if path is None else str(path) for view, path in self.pretrained_checkpoints.items()},
             "run_info": self.run_info,
         }
-
-    def save_checkpoint(self, name: str) -> Path:
-        path = super().save_checkpoint(name)
-        if self.is_main_process:
-            values = self.progress.state_dict()
-            write_training_log_json(
-                self.output_folder / PROGRESS_JSON, values["iteration"], values["loss"], values["learning_rate"],
-                values["val_metric"], VAL_METRIC_NAME,
-            )
-        return path
 
     # ------------------------------------------------------------------ prediction and validation
 

@@ -39,11 +39,10 @@ from tqdm import tqdm
 from ortho_nnd import paths
 from ortho_nnd.evaluation import compute_segmentation_metrics, summarize_case_metrics, write_json_atomic
 from ortho_nnd.evaluation.segmentation import check_same_geometry
-from ortho_nnd.evaluation.training_log import write_training_log_json
 from ortho_nnd.network import build_network_from_spec
 from ortho_nnd.network.segmentation import SegmentationNetwork
 from ortho_nnd.training.augmentation import SegmentationBatchAugmentation, deep_supervision_scales, sampling_patch_size
-from ortho_nnd.training.base_trainer import PROGRESS_JSON, BaseTrainer, TrainerSettings
+from ortho_nnd.training.base_trainer import BaseTrainer, TrainerSettings
 from ortho_nnd.training.checkpoint import load_checkpoint
 from ortho_nnd.training.data import PatchDataLoader, PreprocessedDataset, make_batch_iterator
 from ortho_nnd.training.finetune_setup import (
@@ -93,6 +92,7 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -
 
 class SegmentationTrainer(BaseTrainer):
     task = "seg"
+    val_metric_name = VAL_METRIC_NAME
 
     def __init__(
         self,
@@ -214,17 +214,6 @@ class SegmentationTrainer(BaseTrainer):
             "pretrained_checkpoint": None if self.pretrained_checkpoint is None else str(self.pretrained_checkpoint),
             "run_info": self.run_info,
         }
-
-    def save_checkpoint(self, name: str) -> Path:
-        path = super().save_checkpoint(name)
-        if self.is_main_process:
-            # Rewrite the log with the metric's name, in the evaluation package's format.
-            values = self.progress.state_dict()
-            write_training_log_json(
-                self.output_folder / PROGRESS_JSON, values["iteration"], values["loss"], values["learning_rate"],
-                values["val_metric"], VAL_METRIC_NAME,
-            )
-        return path
 
     # ------------------------------------------------------------------ validation
 
