@@ -114,15 +114,21 @@ def load_raw_dataset(folder: str | Path) -> RawDataset:
         raise FileNotFoundError(f"Raw dataset folder not found: {folder}. Check ORTHO_raw and the dataset id.")
     json_path = folder / "dataset.json"
     dataset_json = load_json(json_path)
+    if not isinstance(dataset_json, dict):
+        raise DatasetFormatError(f"{json_path} must contain a JSON object ({{...}}), got a {type(dataset_json).__name__}.")
 
     if "channel_names" in dataset_json and "views" not in dataset_json:
         return _load_nnunet_layout(folder, dataset_json, json_path)
 
-    views = list(dataset_json.get("views", DEFAULT_VIEWS))
+    views = dataset_json.get("views", DEFAULT_VIEWS)
+    if not isinstance(views, list):
+        raise DatasetFormatError(f"'views' in {json_path} must be a list such as [\"sagittal\", \"coronal\", \"axial\"], got {views!r}.")
     invalid = [v for v in views if v not in VIEWS]
     if invalid:
         raise DatasetFormatError(f"Invalid views {invalid} in {json_path}; allowed: {list(VIEWS)}.")
-    labelled_views = list(dataset_json.get("labelled_views", [v for v in DEFAULT_LABELLED_VIEWS if v in views]))
+    labelled_views = dataset_json.get("labelled_views", [v for v in DEFAULT_LABELLED_VIEWS if v in views])
+    if not isinstance(labelled_views, list):
+        raise DatasetFormatError(f"'labelled_views' in {json_path} must be a list, got {labelled_views!r}.")
     unknown = [v for v in labelled_views if v not in views]
     if unknown:
         raise DatasetFormatError(f"labelled_views {unknown} in {json_path} are not among the views {views}.")
@@ -139,15 +145,27 @@ def load_raw_dataset(folder: str | Path) -> RawDataset:
         layout="multiview",
     )
 
+    naming_problems = []
     for source, label_folder in SOURCE_FOLDERS.items():
         for path in io.find_images(folder / source):
-            case, view = split_case_and_view(path, views)
+            try:
+                case, view = split_case_and_view(path, views)
+            except DatasetFormatError as error:
+                naming_problems.append(str(error))
+                continue
             label = None
             if label_folder is not None and view in labelled_views:
                 candidate = _find_label(folder / label_folder, f"{case}_{view}")
                 label = candidate
             dataset.scans.append(ScanEntry(case=case, view=view, source=source, image=path, label=label))
 
+    if naming_problems:
+        raise DatasetFormatError(f"{len(naming_problems)} file name(s) in {folder} are invalid:\n  " + "\n  ".join(naming_problems))
+    if labelled_views and not dataset.labels and any(io.find_images(folder / "labelsTr")):
+        raise DatasetFormatError(
+            f"{json_path} has no 'labels' entry, but labelsTr contains label maps. Add "
+            f"\"labels\": {{\"background\": 0, \"name\": 1, ...}} with every value used in the label maps."
+        )
     if not dataset.scans_of(sources=("imagesTr", "imagesUnlabeled")):
         raise DatasetFormatError(f"No scans found in {folder / 'imagesTr'} or {folder / 'imagesUnlabeled'}.")
     return dataset
@@ -251,12 +269,15 @@ def read_findings_csv(path: Path, findings: list[str] | None = None) -> Findings
 
         values: dict[str, list[float]] = {}
         subjects: dict[str, str] = {}
+        problems: list[str] = []
         for line_number, row in enumerate(reader, start=2):
             case = (row.get("case") or "").strip()
             if not case:
-                raise DatasetFormatError(f"{path} line {line_number}: empty case id.")
+                problems.append(f"line {line_number}: empty case id.")
+                continue
             if case in values:
-                raise DatasetFormatError(f"{path} line {line_number}: case {case!r} appears twice.")
+                problems.append(f"line {line_number}: case {case!r} appears twice.")
+                continue
             parsed = []
             for column in finding_columns:
                 cell = (row.get(column) or "").strip()
@@ -265,10 +286,11 @@ def read_findings_csv(path: Path, findings: list[str] | None = None) -> Findings
                 elif cell in ("0", "1", "0.0", "1.0"):
                     parsed.append(float(cell))
                 else:
-                    raise DatasetFormatError(
-                        f"{path} line {line_number}, column {column!r}: value {cell!r}; use 0, 1 or leave empty "
-                        f"for not annotated."
-                    )
+                    problems.append(f"line {line_number}, column {column!r}: value {cell!r}; use 0, 1 or leave empty for not annotated.")
+                    parsed.append(math.nan)
             values[case] = parsed
             subjects[case] = (row.get("subject") or "").strip() or case
+
+    if problems:
+        raise DatasetFormatError(f"{path} has {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}:\n  " + "\n  ".join(problems))
     return FindingsTable(findings=finding_columns, values=values, subjects=subjects)

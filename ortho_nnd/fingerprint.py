@@ -125,14 +125,18 @@ def _summarise_view(scans: list[dict]) -> dict:
 def extract_fingerprint(dataset: RawDataset, num_processes: int = 1, output_file: Path | None = None) -> dict:
     """Compute the fingerprint of ``dataset`` and write it to ``output_file`` when given.
 
-    Raises ValueError listing every scan that could not be read.
+    Scans that cannot be read are logged, listed under ``failed_scans`` and left out, so the other
+    scans go on; preprocessing names them again. ValueError when no scan could be read.
     """
     entries = dataset.scans_of(sources=("imagesTr", "imagesUnlabeled"))
-    results = _map(fingerprint_scan, entries, num_processes, "Fingerprint")
+    all_results = _map(fingerprint_scan, entries, num_processes, "Fingerprint")
 
-    failures = [r["error"] for r in results if "error" in r]
+    failures = [r["error"] for r in all_results if "error" in r]
+    results = [r for r in all_results if "error" not in r]
     if failures:
-        raise ValueError("Fingerprint failed for {} scan(s):\n  {}".format(len(failures), "\n  ".join(failures)))
+        logger.error("Fingerprint failed for %d scan(s), left out:\n  %s", len(failures), "\n  ".join(failures))
+    if not results:
+        raise ValueError(f"No scan of {dataset.folder} could be read; the first error: {failures[0]}")
 
     views = {}
     for view in dataset.views:
@@ -152,6 +156,7 @@ def extract_fingerprint(dataset: RawDataset, num_processes: int = 1, output_file
         "num_training_cases": len(dataset.cases(("imagesTr",))),
         "num_unlabelled_cases": len(dataset.cases(("imagesUnlabeled",))),
         "findings": _finding_prevalence(dataset),
+        "failed_scans": failures,
     }
     if output_file is not None:
         save_json(fingerprint, output_file)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -50,8 +49,13 @@ def verify_dataset_integrity(dataset: RawDataset, num_processes: int = 1) -> Non
     problems: list[str] = []
     label_values = set(dataset.labels.values()) if dataset.labels else set()
 
-    names = Counter((s.case, s.view) for s in dataset.scans if s.source in ("imagesTr", "imagesUnlabeled"))
-    problems += [f"Case {case} view {view} appears in both imagesTr and imagesUnlabeled; rename one." for (case, view), n in names.items() if n > 1]
+    files_per_scan: dict[tuple[str, str], list[str]] = {}
+    for scan in dataset.scans_of(sources=("imagesTr", "imagesUnlabeled")):
+        files_per_scan.setdefault((scan.case, scan.view), []).append(f"{scan.source}/{scan.image.name}")
+    problems += [
+        f"Case {case} view {view} has several scans: {', '.join(files)}. Keep one, or rename the others."
+        for (case, view), files in files_per_scan.items() if len(files) > 1
+    ]
 
     for entry in dataset.scans_of(sources=("imagesTr",)):
         if entry.view in dataset.labelled_views and entry.label is None:

@@ -8,7 +8,11 @@ interrupted run never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import locale
+import math
+import struct
+import zlib
 import logging
 import os
 import uuid
@@ -170,12 +174,73 @@ def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
         return read_dicom_series(path, series_uid)
 
     file_ending_of(path)
+    check_nifti_complete(path)
     try:
         with preserved_locale():
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ImageReadError(f"Failed to read {path}: {str(error).strip().splitlines()[-1]}. The file may be corrupt or truncated.") from error
     return _validate_single_channel_3d(image, path)
+
+
+# NIfTI-1 and NIfTI-2 header sizes (bytes), which also tell the byte order of the header.
+NIFTI1_HEADER_SIZE = 348
+NIFTI2_HEADER_SIZE = 540
+# Bytes decompressed per read when measuring a .nii.gz file.
+GZIP_CHUNK_BYTES = 1 << 20
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """Return header offset plus image bytes from a NIfTI-1/2 header, or None when it is not one."""
+    for order in ("<", ">"):
+        size = struct.unpack(order + "i", header[:4])[0]
+        if size == NIFTI1_HEADER_SIZE and len(header) >= NIFTI1_HEADER_SIZE:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif size == NIFTI2_HEADER_SIZE and len(header) >= NIFTI2_HEADER_SIZE:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        count = dims[0] if 1 <= dims[0] <= 7 else 0
+        voxels = math.prod(max(1, d) for d in dims[1:count + 1])
+        return int(max(offset, size)) + voxels * max(bitpix, 8) // 8
+    return None
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Raise ImageReadError when a NIfTI file is shorter than its header says.
+
+    ITK 5.4 fills the missing end of a truncated .nii or .nii.gz file with zeros instead of
+    failing (NRRD and MetaImage readers do fail), so a cut-off download would pass as a scan.
+    """
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        total = 0
+        header = b""
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(GZIP_CHUNK_BYTES):
+                    if len(header) < NIFTI2_HEADER_SIZE:
+                        header += chunk[: NIFTI2_HEADER_SIZE - len(header)]
+                    total += len(chunk)
+        except (EOFError, OSError, zlib.error) as error:
+            raise ImageReadError(f"{path} is truncated or corrupt ({error}). Copy or export the file again.") from error
+    elif name.endswith(".nii"):
+        total = path.stat().st_size
+        with open(path, "rb") as stream:
+            header = stream.read(NIFTI2_HEADER_SIZE)
+    else:
+        return
+
+    expected = _nifti_expected_bytes(header)
+    if expected is not None and total < expected:
+        raise ImageReadError(
+            f"{path} is truncated: its header describes {expected} bytes but the file holds {total}. "
+            f"Copy or export the file again."
+        )
 
 
 def _validate_single_channel_3d(image: sitk.Image, path: str | Path) -> sitk.Image:

@@ -88,9 +88,11 @@ def dataset_name_from_id(dataset: str | int, search_in: Path | None = None) -> s
         seen.extend(child.name for child in folder.iterdir() if child.is_dir())
 
     searched = ", ".join(str(f) for f in folders)
+    variables = {str(raw_folder()): "ORTHO_raw", str(preprocessed_folder()): "ORTHO_preprocessed", str(results_folder()): "ORTHO_results"}
+    names = " or ".join(dict.fromkeys(variables.get(str(f), "the folder argument") for f in folders))
     raise FileNotFoundError(
         f"No dataset with id {dataset_id:03d} (folder Dataset{dataset_id:03d}_NAME) in {searched}. "
-        f"Found: {sorted(set(seen)) or 'nothing'}. Set ORTHO_raw to the folder that contains it."
+        f"Found: {sorted(set(seen)) or 'nothing'}. Set {names} to the folder that contains it."
     )
 
 

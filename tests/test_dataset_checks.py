@@ -101,7 +101,7 @@ def test_unreadable_file_rejected(dataset_folder):
 
     message = _problems(dataset_folder)
 
-    assert "Failed to read" in message
+    assert "truncated or corrupt" in message
     assert "knee_001_coronal.nii.gz" in message
 
 

@@ -78,3 +78,15 @@ def test_dicom_read_keeps_locale(real_mri_folder):
     assert locale.setlocale(locale.LC_ALL) == before
     assert image.GetSize() == (256, 256, 24)
     assert io.slice_thickness_info(image)["slice_thickness"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_file_rejected(tmp_path, ending):
+    path = io.write_image(make_scan((30, 28, 10)), tmp_path / f"scan{ending}")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(io.ImageReadError) as error:
+        io.read_image(path)
+
+    assert f"scan{ending}" in str(error.value)

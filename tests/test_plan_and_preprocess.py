@@ -97,7 +97,10 @@ def test_invalid_part_id_rejected(knee_dataset):
     main_extract_fingerprint(["-d", "101", "-np", "1"])
     main_plan_experiment(["-d", "101", "--preset", "cpu_small"])
 
-    assert main_preprocess(["-d", "101", "--num_parts", "2", "--part_id", "2"]) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main_preprocess(["-d", "101", "--num_parts", "2", "--part_id", "2"])
+
+    assert exit_info.value.code == 2
 
 
 def test_unknown_dataset_id_fails_cleanly(ortho_folders):
@@ -137,3 +140,18 @@ def test_real_scans_plan_and_preprocess(ortho_folders, real_mri_folder):
     assert list(abdomen_plans["views"]) == ["axial"]
     # Labels 2/3 and 46/47 are named class_N here, so mirroring stays allowed; the real names would forbid it.
     assert (ortho_folders["preprocessed"] / "Dataset102_Abdomen" / "orthoPlans_axial" / "abdomen_seg.npy").is_file()
+
+
+def test_unreadable_scan_left_out_others_preprocessed(knee_dataset):
+    raw = knee_dataset["raw"] / "Dataset101_Knee"
+    (raw / "imagesTr" / "knee_001_coronal.nii.gz").write_bytes(b"corrupt")
+
+    code = main_plan_and_preprocess(["-d", "101", "-np", "1", "--preset", "cpu_small"])
+
+    folder = knee_dataset["preprocessed"] / "Dataset101_Knee"
+    fingerprint = json.loads((folder / "dataset_fingerprint.json").read_text(encoding="utf-8"))
+    assert code == 1
+    assert len(fingerprint["failed_scans"]) == 1
+    assert "knee_001_coronal.nii.gz" in fingerprint["failed_scans"][0]
+    assert (folder / "orthoPlans_coronal" / "knee_000.json").is_file()
+    assert (folder / "orthoPlans_sagittal" / "knee_001.json").is_file()

@@ -4,6 +4,9 @@ from __future__ import annotations
 import logging
 import sys
 
+# Shell convention for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -30,4 +33,8 @@ def run_command(function, args) -> int:
     except (ValueError, FileNotFoundError, CheckpointError, NonFiniteLossError) as error:
         logging.getLogger("ortho_nnd").error("%s", error)
         return 1
+    except KeyboardInterrupt:
+        # Outputs are written atomically, so an interrupted run leaves finished files and nothing half-written.
+        logging.getLogger("ortho_nnd").error("Interrupted. Finished outputs are kept; run the command again (with --c for training) to resume.")
+        return EXIT_INTERRUPTED
     return int(result or 0)

@@ -41,7 +41,9 @@ def step_fingerprint(args) -> int:
     if fingerprint_file.is_file() and not args.clean:
         logger.info("Fingerprint exists: %s (use --clean to recompute).", fingerprint_file)
         return 0
-    extract_fingerprint(dataset, args.np, fingerprint_file)
+    fingerprint = extract_fingerprint(dataset, args.np, fingerprint_file)
+    # Failed scans are left out so the other steps can go on; the command still ends with status 1.
+    args.failed_scans.extend(fingerprint["failed_scans"])
     return 0
 
 
@@ -110,13 +112,21 @@ def _parser(description: str, steps: set[str]) -> argparse.ArgumentParser:
 
 
 def _run(steps: list[str], description: str, argv) -> int:
-    args = _parser(description, set(steps)).parse_args(argv)
+    parser = _parser(description, set(steps))
+    args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    if "preprocess" in steps and not (args.num_parts >= 1 and 0 <= args.part_id < args.num_parts):
+        # Checked before the fingerprint and plans are rewritten.
+        parser.error(f"--part_id {args.part_id} must be in [0, {args.num_parts}) for --num_parts {args.num_parts}.")
+    args.failed_scans = []
     functions = {"fingerprint": step_fingerprint, "plan": step_plan, "preprocess": step_preprocess}
     for step in steps:
         code = run_command(functions[step], args)
         if code:
             return code
+    if args.failed_scans:
+        logger.error("%d scan(s) could not be read and were left out:\n  %s", len(args.failed_scans), "\n  ".join(args.failed_scans))
+        return 1
     return 0
 
 

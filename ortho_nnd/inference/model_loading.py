@@ -360,6 +360,11 @@ def load_segmentation_model(
     classes = {fold.network.num_classes for fold in fold_models}
     if len(classes) > 1:
         raise ValueError(f"The folds in {task_folder} predict different numbers of classes {sorted(classes)}; use -f to pick matching folds.")
+    if len(labels) != classes.pop():
+        raise ValueError(
+            f"{task_folder} has {fold_models[0].network.num_classes} output channels but {len(labels)} declared labels "
+            f"{labels}; one channel per declared label is expected. Retrain with this version of ortho_nnd."
+        )
     logger.info("Loaded %s: folds %s (%s)", task_folder.name, [fold.fold for fold in fold_models], checkpoint_name)
     return SegmentationModel(view=view, task_folder=task_folder, folds=fold_models, labels=labels)
 

@@ -24,6 +24,7 @@ from ortho_nnd.inference.input_discovery import Exam
 from ortho_nnd.inference.model_loading import ModelSet
 from ortho_nnd.inference.preparation import PreparedExam, prepare_exam
 from ortho_nnd.inference.task_prediction import labels_from_probabilities, predict_findings, segment_view
+from ortho_nnd.labels import channel_values
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _write_segmentations(
         probabilities = segment_view(
             model, prepared, settings.device, settings.step_size, settings.use_mirroring, settings.window_progress
         )
-        labels = labels_from_probabilities(probabilities)
+        labels = labels_from_probabilities(probabilities, channel_values(model.labels.values()))
         # The output takes the geometry of the image as read, so it matches the input exactly.
         label_image = io.image_from_array(labels, io.geometry_of(image))
         ending = outputs.output_ending(series.path, series.is_dicom)

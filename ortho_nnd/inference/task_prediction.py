@@ -10,6 +10,7 @@ import torch
 from ortho_nnd.inference.model_loading import ClassificationModel, SegmentationModel, preprocessing_key
 from ortho_nnd.inference.preparation import PreparedExam
 from ortho_nnd.inference.sliding_window import predict_sliding_window
+from ortho_nnd.labels import channels_to_values
 from ortho_nnd.preprocessing.export import probabilities_to_original_array
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,10 @@ def segment_view(
     return total / len(model.folds)
 
 
-def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """Return the argmax label map, uint8 when the classes fit in it."""
-    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.int16
-    return np.argmax(probabilities, axis=0).astype(dtype)
+def labels_from_probabilities(probabilities: np.ndarray, label_values: list[int] | None = None) -> np.ndarray:
+    """Return the argmax label map with channel indices replaced by the declared ``label_values``."""
+    values = label_values if label_values is not None else list(range(probabilities.shape[0]))
+    return channels_to_values(np.argmax(probabilities, axis=0), values)
 
 
 def center_crop_or_pad(data: np.ndarray, patch_size: Sequence[int]) -> np.ndarray:

@@ -49,11 +49,14 @@ class ViewPlans:
             raise ValueError(f"{source}: invalid view {self.view!r}; expected one of {VIEWS}.")
         for key in ("target_spacing", "patch_size"):
             value = getattr(self, key)
-            if len(value) != 3 or any(v <= 0 for v in value):
+            numeric = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            if not numeric or len(value) != 3 or any(v <= 0 for v in value):
                 raise ValueError(f"{source}: {self.view}.{key} must be three positive numbers, got {value}.")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"{source}: {self.view}.batch_size must be a positive integer, got {self.batch_size!r}.")
-        if any(axis not in (0, 1, 2) for axis in self.mirror_axes):
+        if not all(isinstance(v, int) for v in self.patch_size):
+            raise ValueError(f"{source}: {self.view}.patch_size must be three integers, got {self.patch_size}.")
+        if not isinstance(self.mirror_axes, list) or any(axis not in (0, 1, 2) for axis in self.mirror_axes):
             raise ValueError(f"{source}: {self.view}.mirror_axes must contain only 0, 1 or 2, got {self.mirror_axes}.")
         if "network_class" not in self.architecture or "kwargs" not in self.architecture:
             raise ValueError(f"{source}: {self.view}.architecture needs 'network_class' and 'kwargs'.")

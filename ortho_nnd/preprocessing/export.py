@@ -6,6 +6,7 @@ import SimpleITK as sitk
 
 from ortho_nnd import io
 from ortho_nnd.geometry import CanonicalTransform
+from ortho_nnd.labels import channels_to_values
 from ortho_nnd.preprocessing.cropping import paste_into_box
 from ortho_nnd.preprocessing.resampling import resample_label, resample_probabilities
 
@@ -35,14 +36,17 @@ def segmentation_to_original_array(segmentation: np.ndarray, properties: dict) -
     return CanonicalTransform.from_json(properties["canonical"]).invert(full)
 
 
-def map_to_original(array: np.ndarray, properties: dict, is_label: bool) -> sitk.Image:
+def map_to_original(array: np.ndarray, properties: dict, is_label: bool, label_values: list[int] | None = None) -> sitk.Image:
     """Return a SimpleITK image on the original scan's grid (size, spacing, origin, direction).
 
     ``array`` is a label map (Z, Y, X) when ``is_label`` is true, otherwise (C, Z, Y, X) probabilities,
-    whose argmax becomes the label map. Use probabilities_to_original_array to keep the probabilities.
+    whose argmax becomes the label map. ``label_values`` maps channel indices back to the declared
+    label values (see ortho_nnd.labels); without it the indices are written as they are. Use
+    probabilities_to_original_array to keep the probabilities.
     """
     if is_label:
-        original = segmentation_to_original_array(array, properties).astype(np.uint8 if array.max() < 256 else np.int16)
+        channels = segmentation_to_original_array(array, properties)
     else:
-        original = np.argmax(probabilities_to_original_array(array, properties), axis=0).astype(np.uint8)
-    return io.image_from_array(original, properties["original_geometry"])
+        channels = np.argmax(probabilities_to_original_array(array, properties), axis=0)
+    values = label_values if label_values is not None else list(range(int(channels.max()) + 1 if channels.size else 1))
+    return io.image_from_array(channels_to_values(channels, values), properties["original_geometry"])

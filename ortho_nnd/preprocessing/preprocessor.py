@@ -15,6 +15,7 @@ import SimpleITK as sitk
 
 from ortho_nnd import io
 from ortho_nnd.geometry import canonical_transform, check_declared_view, spacing_numpy_order
+from ortho_nnd.labels import channel_values, values_to_channels
 from ortho_nnd.preprocessing.cropping import crop_to_box, nonzero_bounding_box
 from ortho_nnd.preprocessing.normalization import normalize
 from ortho_nnd.preprocessing.resampling import compute_new_shape, is_anisotropic, resample_image, resample_label
@@ -114,7 +115,10 @@ def preprocess_scan(
     image_name: str = "<image>",
     label_name: str = "<label>",
 ) -> PreprocessedScan:
-    """Bring one scan (and optionally its label map) into the preprocessed space of ``view_plans``."""
+    """Bring one scan (and optionally its label map) into the preprocessed space of ``view_plans``.
+
+    With ``label_values`` the stored label map holds channel indices (see ortho_nnd.labels).
+    """
     view_info = check_declared_view(image, view, image_name)
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     check_image_values(array, image_name)
@@ -123,6 +127,9 @@ def preprocess_scan(
     if label_image is not None:
         values = label_values if label_values is not None else set(range(256))
         seg = check_label(label_image, image, values, label_name, image_name)
+        if label_values is not None:
+            # Channel indices, so that declared labels with gaps get consecutive network outputs.
+            seg = values_to_channels(seg, channel_values(label_values))
 
     # Reorient exactly (permutation and flips only) so the through-plane axis comes first.
     transform = canonical_transform(image, view)
@@ -167,6 +174,8 @@ def preprocess_scan(
         "plans_identifier": plans_identifier({**view_plans, "view": view}),
     }
     if seg is not None:
+        if label_values is not None:
+            properties["label_channel_values"] = channel_values(label_values)
         seed = int(hashlib.sha1(case.encode()).hexdigest()[:8], 16)
         properties["class_locations"] = _class_locations(seg, seed)
     return PreprocessedScan(data=data.astype(np.float32), seg=seg, properties=properties)

@@ -201,7 +201,11 @@ class BaseTrainer:
             "%s training: %d iterations on %s, world size %d, output %s",
             self.task, settings.total_iterations, self.device, self.world_size, self.output_folder,
         )
-        payload = self.find_continue_checkpoint() if settings.continue_training else None
+        if settings.continue_training:
+            payload = self.find_continue_checkpoint()
+        else:
+            payload = None
+            self.remove_previous_checkpoints()
 
         # Same seed on every rank while building, so all ranks start from identical weights
         # (DDP also broadcasts rank 0's weights, but the EMA copy is taken before wrapping).
@@ -271,12 +275,27 @@ class BaseTrainer:
             values["val_metric"], self.val_metric_name,
         )
 
+    def remove_previous_checkpoints(self) -> None:
+        """Delete checkpoints of an earlier run in the output folder before a fresh (non --c) run.
+
+        Otherwise a stale ``checkpoint_final.pth`` would be used by fine-tuning and prediction, or
+        by ``--c``, after this run is interrupted.
+        """
+        if not self.is_main_process:
+            return
+        for name in (FINAL_CHECKPOINT, LATEST_CHECKPOINT):
+            path = self.output_folder / name
+            if path.is_file():
+                logger.warning("Starting a new run: removing %s of the previous run (use --c to continue it instead).", path)
+                path.unlink()
+
     def find_continue_checkpoint(self) -> dict[str, Any] | None:
-        """Load ``checkpoint_final.pth``, else ``checkpoint_latest.pth``; return None when neither exists."""
-        # The final checkpoint wins, as in nnU-Net: after it is written, checkpoint_latest.pth is stale.
-        path = self.output_folder / FINAL_CHECKPOINT
-        if not path.is_file():
-            path = self.output_folder / LATEST_CHECKPOINT
+        """Load the newer of ``checkpoint_final.pth`` and ``checkpoint_latest.pth``; None when neither exists."""
+        # Normally the final checkpoint is the newer one (after it is written, latest is stale);
+        # comparing modification times also covers a final file left by an older run.
+        candidates = [self.output_folder / name for name in (FINAL_CHECKPOINT, LATEST_CHECKPOINT)]
+        existing = [p for p in candidates if p.is_file()]
+        path = max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else candidates[1]
         if not path.is_file():
             logger.warning("Continue requested but no %s in %s; starting from scratch.", LATEST_CHECKPOINT, self.output_folder)
             return None

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ortho_nnd import paths
 from ortho_nnd.evaluation import compute_segmentation_metrics, summarize_case_metrics, write_json_atomic
 from ortho_nnd.evaluation.segmentation import check_same_geometry
+from ortho_nnd.labels import channel_values, channels_to_values
 from ortho_nnd.network import build_network_from_spec
 from ortho_nnd.network.segmentation import SegmentationNetwork
 from ortho_nnd.training.augmentation import SegmentationBatchAugmentation, deep_supervision_scales, sampling_patch_size
@@ -120,7 +121,9 @@ class SegmentationTrainer(BaseTrainer):
         self.val_dataset = PreprocessedDataset(data_folder, val_cases) if val_cases else None
         self.val_cases = list(val_cases)
         self.labels = {name: int(value) for name, value in labels.items()}
-        self.num_classes = max(self.labels.values()) + 1
+        # One output channel per declared label, in ascending order of value (see ortho_nnd.labels).
+        self.label_values = channel_values(self.labels.values())
+        self.num_classes = len(self.label_values)
         self.pretrained_checkpoint = pretrained_checkpoint
         self.backbone_lr_factor = backbone_lr_factor if pretrained_checkpoint is not None else 1.0
         self.raw_references = raw_references or {}
@@ -250,7 +253,7 @@ class SegmentationTrainer(BaseTrainer):
             reference_file = self.raw_references.get(case)
 
             if reference_file is not None and "original_geometry" in properties:
-                image = map_to_original(probabilities, properties, is_label=False)
+                image = map_to_original(probabilities, properties, is_label=False, label_values=self.label_values)
                 prediction_file = validation_folder / f"{case}_{self.view}.nii.gz"
                 io.write_image(image, prediction_file)
                 reference_image = io.read_image(reference_file)
@@ -265,9 +268,9 @@ class SegmentationTrainer(BaseTrainer):
             else:
                 if seg is None:
                     raise FileNotFoundError(f"Validation case {case!r} has neither a raw reference nor a preprocessed segmentation.")
-                prediction_array = np.argmax(probabilities, axis=0).astype(np.int16)
+                prediction_array = channels_to_values(np.argmax(probabilities, axis=0), self.label_values)
                 np.save(validation_folder / f"{case}_{self.view}_preprocessed.npy", prediction_array)
-                reference_array = np.asarray(seg[0])
+                reference_array = channels_to_values(np.asarray(seg[0]), self.label_values)
                 spacing = list(properties.get("target_spacing") or self.view_plans["target_spacing"])
                 entry = {"case": case}
                 spaces.add("preprocessed")
@@ -309,9 +312,15 @@ def _foreground_dice(summary: dict) -> float:
 # ---------------------------------------------------------------------- command
 
 
+def labelled_views_of(dataset_json: dict, plans: dict) -> list[str]:
+    """Return the labelled views: the plans' list (set from the fingerprint, which also covers
+    nnU-Net-layout datasets whose view was detected from geometry), else dataset.json's, else sagittal."""
+    return list(plans.get("labelled_views") or dataset_json.get("labelled_views") or ["sagittal"])
+
+
 def default_view(dataset_json: dict, plans: dict) -> str:
     """Return the first labelled view that has plans."""
-    labelled = dataset_json.get("labelled_views") or ["sagittal"]
+    labelled = labelled_views_of(dataset_json, plans)
     for view in labelled:
         if view in plans["views"]:
             return view
@@ -343,7 +352,7 @@ def run_segmentation_training(args: argparse.Namespace) -> Path:
     """Run ``ortho_train DATASET seg FOLD``: prepare splits, subset and weights, then train."""
     context = load_finetune_context(args.dataset, args.plans_name)
     view = getattr(args, "view", None) or default_view(context.dataset_json, context.plans)
-    labelled_views = context.dataset_json.get("labelled_views") or ["sagittal"]
+    labelled_views = labelled_views_of(context.dataset_json, context.plans)
     if view not in labelled_views:
         raise ValueError(f"View {view!r} has no labels in {context.dataset_name}; labelled views: {labelled_views}.")
     if view not in context.plans["views"]:
