@@ -60,6 +60,13 @@ def verify_dataset_integrity(dataset: RawDataset, num_processes: int = 1) -> Non
     for entry in dataset.scans_of(sources=("imagesTr",)):
         if entry.view in dataset.labelled_views and entry.label is None:
             problems.append(f"{entry.image} has no label map in labelsTr (expected {entry.case}_{entry.view}{dataset.file_ending}).")
+    label_stems = {io.strip_file_ending(p.name) for p in io.find_images(dataset.folder / "labelsTr")}
+    used_stems = {io.strip_file_ending(s.label.name) for s in dataset.scans_of(sources=("imagesTr",)) if s.label is not None}
+    for stem in sorted(label_stems - used_stems):
+        problems.append(
+            f"labelsTr/{stem} has no matching image in imagesTr, or its view is not in labelled_views "
+            f"{dataset.labelled_views}. Remove it or fix the name."
+        )
     if dataset.labelled_views and not dataset.labels:
         problems.append(f"dataset.json in {dataset.folder} declares labelled views {dataset.labelled_views} but no 'labels'.")
 

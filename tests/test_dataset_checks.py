@@ -172,3 +172,10 @@ def test_nnunet_layout_read_as_single_view(tmp_path):
     assert dataset.scans[0].case == "spine_001"
     assert dataset.scans[0].label is not None
     verify_dataset_integrity(dataset)
+
+
+def test_label_without_image_reported(dataset_folder):
+    image = io.read_image(dataset_folder / "imagesTr" / "knee_000_sagittal.nii.gz")
+    io.write_image(make_label(image), dataset_folder / "labelsTr" / "knee_099_sagittal.nii.gz")
+
+    assert "labelsTr/knee_099_sagittal has no matching image" in _problems(dataset_folder)

@@ -146,7 +146,6 @@ class SegmentationTrainer(BaseTrainer):
         payload = load_checkpoint(self.pretrained_checkpoint)
         report = initialise_from_checkpoint(self.network, payload, self.view_plans, self.view, str(self.pretrained_checkpoint))
         self.load_report = report
-        logger.info("Load report: %s", report["loading"])
         if self.is_main_process:
             write_json_atomic(report, self.output_folder / LOAD_REPORT_FILE)
 

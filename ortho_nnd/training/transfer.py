@@ -162,6 +162,6 @@ def initialise_from_checkpoint(network: nn.Module, payload: dict, target_view_pl
     """
     adaptation = check_transfer(payload, target_view_plans, view, source)
     # load_pretrained_backbone raises IncompatibleCheckpointError before changing any weight.
+    # load_pretrained_backbone logs the report's summary; the full lists go to load_report.json.
     loaded = load_pretrained_backbone(network, payload, source)
-    logger.info("%s", loaded.summary())
     return {"adaptation": adaptation, "loading": loaded.to_dict()}
