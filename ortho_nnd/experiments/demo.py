@@ -47,9 +47,9 @@ class DemoSettings:
     cases: int = 16
     test_cases: int = 4
     unlabeled: int = 4
-    pretrain_iterations: int = 30
-    seg_iterations: int = 80
-    cls_iterations: int = 30
+    pretrain_iterations: int = 150
+    seg_iterations: int = 600
+    cls_iterations: int = 150
     seed: int = 0
     num_processes: int = 2
     preset: str | None = None
