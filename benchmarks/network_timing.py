@@ -16,7 +16,7 @@ process's torch threads:
 - ``window_in_pair_seconds``: half the time of a no-grad pass over two patches, the per-window
   cost when ortho_nnd's sliding window sends two windows per call on the CPU.
 
-The JSON holds the samples after ``WARMUP_REPEATS`` untimed passes, and the parameter count.
+The JSON contains the samples after ``WARMUP_REPEATS`` untimed passes, and the parameter count.
 """
 from __future__ import annotations
 

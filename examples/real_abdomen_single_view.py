@@ -26,10 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ortho_nnd.cli.common import configure_logging
 from ortho_nnd.evaluation.json_io import read_json
 from ortho_nnd.experiments.real_data import build_abdomen_dataset
-from ortho_nnd.experiments.stages import StageError, run_stage
+from ortho_nnd.experiments.stages import run_script, run_stage
 from ortho_nnd.experiments.workspace import ortho_environment, ortho_folders, prepare_work_dir
 
 logger = logging.getLogger("examples.real_abdomen_single_view")
@@ -99,14 +98,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    try:
-        run(args)
-    except (StageError, ValueError, FileNotFoundError, FileExistsError) as error:
-        logger.error("%s", error)
-        return 1
-    return 0
+    return run_script(run, build_parser(), argv, logger)
 
 
 if __name__ == "__main__":

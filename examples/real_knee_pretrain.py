@@ -25,10 +25,9 @@ import tempfile
 from pathlib import Path
 
 from ortho_nnd import io
-from ortho_nnd.cli.common import configure_logging
 from ortho_nnd.evaluation.json_io import read_json
 from ortho_nnd.experiments.real_data import build_knee_pretrain_dataset
-from ortho_nnd.experiments.stages import StageError, run_stage
+from ortho_nnd.experiments.stages import run_script, run_stage
 from ortho_nnd.experiments.workspace import ortho_environment, ortho_folders, prepare_work_dir
 from ortho_nnd.visualization import plot_exam_overlay
 
@@ -93,14 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    try:
-        run(args)
-    except (StageError, ValueError, FileNotFoundError, FileExistsError) as error:
-        logger.error("%s", error)
-        return 1
-    return 0
+    return run_script(run, build_parser(), argv, logger)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from ortho_nnd import io
-from ortho_nnd.cli.common import configure_logging
 from ortho_nnd.experiments.real_data import (
     KNEE_DESS_FILE,
     KNEE_LABEL_MAP_FOLDER,
@@ -41,7 +40,7 @@ from ortho_nnd.experiments.real_data import (
     check_real_mri_folder,
     reformat_for_display,
 )
-from ortho_nnd.experiments.stages import StageError, run_stage
+from ortho_nnd.experiments.stages import run_script, run_stage
 from ortho_nnd.experiments.workspace import ortho_environment, ortho_folders, prepare_work_dir
 from ortho_nnd.visualization import plot_exam_overlay
 
@@ -153,14 +152,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    try:
-        run(args)
-    except (StageError, ValueError, FileNotFoundError, FileExistsError) as error:
-        logger.error("%s", error)
-        return 1
-    return 0
+    return run_script(run, build_parser(), argv, logger)
 
 
 if __name__ == "__main__":

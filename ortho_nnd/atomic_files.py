@@ -1,6 +1,6 @@
 """Atomic file writes: a temporary file in the target folder, then a rename.
 
-The rename is atomic on one POSIX file system, so a reader (or a resumed run) sees either the old
+The rename is atomic on one POSIX file system, so a reader (or a resumed run) reads either the old
 file or the complete new one, never a half-written file under the final name. On any error the
 temporary file is removed and the previous file is left untouched.
 """

@@ -34,7 +34,7 @@ LEFT_RIGHT_ARRAY_AXIS = {"sagittal": 0, "coronal": 2, "axial": 2}
 STRONG_OBLIQUITY_DEGREES = 30.0
 
 # A scan's through-plane axis is the index axis with the largest spacing when that spacing is at
-# least this factor above the others; otherwise (near-isotropic 3D scans) index axis 2 is used.
+# least this factor above the others. Near-isotropic 3D scans use index axis 2.
 THROUGH_PLANE_SPACING_RATIO = 1.2
 
 _LETTER_TO_AXIS_SIGN = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}

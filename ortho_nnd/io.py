@@ -1,9 +1,9 @@
 """Reading and writing 3D scans with their geometry through SimpleITK.
 
 Supported inputs: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) and DICOM
-series folders. Every reader returns a ``SimpleITK.Image`` so that size, spacing, origin and
-direction travel with the voxels; every writer writes to a temporary file and renames it, so an
-interrupted run never leaves a half-written file under the final name.
+series folders. Every reader returns a ``SimpleITK.Image``, so size, spacing, origin and direction travel with
+the voxels. Every writer writes to a temporary file and renames it, so an interrupted run never
+leaves a half-written file under the final name.
 """
 from __future__ import annotations
 
@@ -146,8 +146,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
-    # ITK prints a warning to stderr for slice positions that differ by less than a micrometre
-    # (common in real series); the warning is switched off during this read only.
+    # ITK prints a warning to stderr for slice positions that differ by less than a micrometre,
+    # which is common in real series. The warning is switched off during this read only.
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
@@ -211,7 +211,7 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
 
 
 def check_nifti_complete(path: Path) -> None:
-    """Raise ImageReadError when a NIfTI file is shorter than its header says.
+    """Raise ImageReadError when a NIfTI file is shorter than its header specifies.
 
     ITK 5.4 fills the missing end of a truncated .nii or .nii.gz file with zeros instead of
     failing (NRRD and MetaImage readers do fail), so a cut-off download would pass as a scan.
@@ -238,7 +238,7 @@ def check_nifti_complete(path: Path) -> None:
     expected = _nifti_expected_bytes(header)
     if expected is not None and total < expected:
         raise ImageReadError(
-            f"{path} is truncated: its header describes {expected} bytes but the file holds {total}. "
+            f"{path} is truncated: its header describes {expected} bytes but the file contains {total}. "
             f"Copy or export the file again."
         )
 

@@ -132,7 +132,7 @@ def read_validation_probabilities(path: str | os.PathLike) -> tuple[FindingsTabl
     header, _ = _read_rows(path)
     findings = [name[: -len(REFERENCE_SUFFIX)] for name in header if name.endswith(REFERENCE_SUFFIX)]
     if not findings:
-        raise ValueError(f"{path} has no '{{finding}}{REFERENCE_SUFFIX}' columns, so it holds no reference labels.")
+        raise ValueError(f"{path} has no '{{finding}}{REFERENCE_SUFFIX}' columns, so it contains no reference labels. Write it with write_validation_probabilities and references.")
 
     probabilities, _ = read_predictions_csv(path, findings)
     _, rows = _read_rows(path)

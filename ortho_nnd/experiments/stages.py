@@ -98,3 +98,17 @@ def run_stage(name: str, command: str, argv: list, records: list[StageRecord] | 
     if records is not None:
         records.append(record)
     return record
+
+
+def run_script(run, parser, argv: list[str] | None, script_logger: logging.Logger) -> int:
+    """Parse ``argv``, run ``run(args)`` and turn a failed stage or user error into one log line and status 1."""
+    from ortho_nnd.cli.common import configure_logging
+
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        run(args)
+    except (StageError, ValueError, FileNotFoundError, FileExistsError) as error:
+        script_logger.error("%s", error)
+        return 1
+    return 0

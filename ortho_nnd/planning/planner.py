@@ -2,11 +2,11 @@
 
 For each view with scans the planner decides, in this order:
 
-1. target spacing: the median spacing per canonical axis. For anisotropic data (median
-   through-plane spacing above ANISOTROPY_RATIO times the in-plane spacing) the through-plane
-   target is the THICK_AXIS_PERCENTILE percentile of the through-plane spacings instead, so that
-   the few thin-slice scans are not downsampled much; it is never finer than the in-plane target.
-   A preset's ``min_in_plane_spacing_mm`` coarsens the in-plane target for CPU runs;
+1. target spacing: the median spacing per canonical axis. Data are anisotropic when the median
+   through-plane spacing exceeds ANISOTROPY_RATIO times the in-plane spacing. Then the
+   through-plane target is the THICK_AXIS_PERCENTILE percentile of the through-plane spacings,
+   so the few thin-slice scans are not downsampled much, but never finer than the in-plane
+   target. A preset's ``min_in_plane_spacing_mm`` coarsens the in-plane target for CPU runs;
 2. patch size and topology: start from the median shape after resampling (capped by the
    preset's ``max_patch_size``), derive strides and kernels (see topology.py), and shrink the axis
    with the largest physical extent until the diffusion UNet's training-memory estimate at the
@@ -15,7 +15,7 @@ For each view with scans the planner decides, in this order:
    ``max_batch_fraction_of_dataset`` of all voxels, and at least ``min_batch_size``;
 4. features per stage (``base_features`` doubling per stage, capped at ``max_features``),
    self-attention at the coarse stages with at most ``attention_max_tokens`` voxels;
-5. mirror axes: only the left-right axis, and only when no label name says left or right,
+5. mirror axes: only the left-right axis, and only when no label name contains left or right,
    because flipping superior-inferior or anterior-posterior creates impossible anatomy;
 6. diffusion and training settings from the preset.
 """

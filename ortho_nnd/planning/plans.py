@@ -1,7 +1,7 @@
 """Plans: the per-view configuration that preprocessing, training and prediction carry out.
 
 ``plans.json`` stays plain JSON that a user may edit. ``ViewPlans`` checks one view's entry and
-gives typed access; ``load_plans`` validates every view before any long run starts, so an edited
+gives typed access. ``load_plans`` validates every view before any long run starts, so an edited
 file with a typo fails at once with the key and the fix.
 """
 from __future__ import annotations

@@ -48,5 +48,10 @@ def map_to_original(array: np.ndarray, properties: dict, is_label: bool, label_v
         channels = segmentation_to_original_array(array, properties)
     else:
         channels = np.argmax(probabilities_to_original_array(array, properties), axis=0)
-    values = label_values if label_values is not None else list(range(int(channels.max()) + 1 if channels.size else 1))
+    if label_values is not None:
+        values = label_values
+    else:
+        # Without declared values the channel indices are written as they are.
+        highest = int(channels.max()) if channels.size else 0
+        values = list(range(highest + 1))
     return io.image_from_array(channels_to_values(channels, values), properties["original_geometry"])

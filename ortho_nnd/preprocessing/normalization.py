@@ -1,8 +1,8 @@
 """Intensity normalisation of MRI: per-scan z-score.
 
 MRI intensities have no physical unit and vary with coil, sequence and scanner, so each scan is
-normalised with its own mean and standard deviation (computed over nonzero voxels when the scan has
-a zero background, so air outside a cropped field of view does not dominate).
+normalised with its own mean and standard deviation. When the scan has a zero background, the
+statistics use nonzero voxels only, so air outside a cropped field of view does not dominate them.
 """
 from __future__ import annotations
 

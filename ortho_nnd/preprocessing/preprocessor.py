@@ -117,7 +117,7 @@ def preprocess_scan(
 ) -> PreprocessedScan:
     """Bring one scan (and optionally its label map) into the preprocessed space of ``view_plans``.
 
-    With ``label_values`` the stored label map holds channel indices (see ortho_nnd.labels).
+    With ``label_values`` the stored label map contains channel indices (see ortho_nnd.labels).
     """
     view_info = check_declared_view(image, view, image_name)
     array = sitk.GetArrayFromImage(image).astype(np.float32)

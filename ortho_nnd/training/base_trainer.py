@@ -291,8 +291,8 @@ class BaseTrainer:
 
     def find_continue_checkpoint(self) -> dict[str, Any] | None:
         """Load the newer of ``checkpoint_final.pth`` and ``checkpoint_latest.pth``; None when neither exists."""
-        # Normally the final checkpoint is the newer one (after it is written, latest is stale);
-        # comparing modification times also covers a final file left by an older run.
+        # Normally the final checkpoint is the newer one, because latest is stale once final is
+        # written. Comparing modification times also covers a final file left by an older run.
         candidates = [self.output_folder / name for name in (FINAL_CHECKPOINT, LATEST_CHECKPOINT)]
         existing = [p for p in candidates if p.is_file()]
         path = max(existing, key=lambda p: p.stat().st_mtime_ns) if existing else candidates[1]

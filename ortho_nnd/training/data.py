@@ -87,7 +87,7 @@ def shard_case_ids(case_ids: Sequence[str], rank: int, world_size: int) -> list[
     """Return the cases of ``rank``: ``case_ids[rank::world_size]``.
 
     With fewer cases than ranks, rank r takes case ``r % len(case_ids)`` so that no rank is idle.
-    Some cases are then seen more often than others, and a warning says so.
+    Some cases are then seen more often than others, and a warning is logged.
     """
     if not case_ids:
         raise ValueError("No cases to shard: the case list is empty.")

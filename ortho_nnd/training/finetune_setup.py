@@ -12,7 +12,7 @@ Public API:
   ``ORTHO_results/{dataset}/{run_name}[__{plans_name}]/fold_{k}`` or ``fold_all``.
 - ``finetune_settings(args, training_plans, output_folder, iterations_key)``: ``TrainerSettings``
   with the fine-tuning learning rate (``finetune_learning_rate`` of the plans, or ``--lr``) and
-  poly decay unless ``--decay`` says otherwise.
+  poly decay unless ``--decay`` selects cosine.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def dataset_splits(context: FinetuneContext) -> list[dict[str, list[str]]]:
     """Return the 5-fold splits of the dataset's labelled cases (created and saved on first use)."""
     subjects = context.findings.subjects if context.findings is not None else None
     findings = context.findings.values if context.findings is not None else None
-    # The split seed is fixed, not --seed, so every run of a dataset sees the same folds.
+    # The split seed is fixed, not --seed, so every run of a dataset uses the same folds.
     return load_or_create_splits(
         context.dataset_folder, context.training_cases, subjects, findings, seed=DEFAULT_SPLIT_SEED, write=is_main_process()
     )
